@@ -1,0 +1,214 @@
+"""Gradient checks: every hand-written backward pass against central differences, in float64.
+
+For a scalar function f and each element x_i of an input,
+
+    df/dx_i  ~=  (f(x + h e_i) - f(x - h e_i)) / (2 h),     h = 1e-5,
+
+with an error of order h^2 (about 1e-10) plus rounding (about 1e-16 / h = 1e-11, relative to f).
+The agreement is measured as
+
+    rel_error(a, b) = max_i |a_i - b_i| / max(1e-8, max_i (|a_i| + |b_i|)),
+
+the largest difference relative to the size of the gradient. (Dividing element by element
+instead would flag elements whose true gradient is 0 and whose estimate is rounding noise.)
+A correct backward pass gives errors around 1e-9 or below; a wrong one, around 1e-2 or above.
+`python -m npvae gradcheck` runs `run_all` and fails if any error exceeds 1e-6.
+
+A layer y = g(x) is checked through f(x) = sum(g(x) * R) with a fixed random R: then df/dy = R,
+so `backward(R)` must return df/dx.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import layers, losses
+from .models import VAE, Autoencoder, Reparameterize
+
+Array = np.ndarray
+H = 1e-5
+TOLERANCE = 1e-6
+
+
+def rel_error(a: Array, b: Array) -> float:
+    """max|a - b| / max(1e-8, max(|a| + |b|)): the relative error used by every check."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(1e-8, float(np.max(np.abs(a) + np.abs(b)))))
+
+
+def numerical_gradient(f: Callable[[], float], x: Array, h: float = H) -> Array:
+    """Central-difference gradient of f() with respect to the array x, which f reads.
+
+    x is perturbed in place, one element at a time, and restored exactly.
+    """
+    if x.dtype != np.float64:
+        raise ValueError(f"gradient checks need float64 (h = {h} is lost in float32 rounding), got {x.dtype}")
+    grad = np.zeros_like(x)
+    flat_x, flat_g = x.reshape(-1), grad.reshape(-1)   # views: writing to flat_x changes x
+    for i in range(flat_x.size):
+        old = flat_x[i]
+        flat_x[i] = old + h
+        f_plus = f()
+        flat_x[i] = old - h
+        f_minus = f()
+        flat_x[i] = old
+        flat_g[i] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+@dataclass
+class Row:
+    """One line of the gradient-check table."""
+
+    component: str
+    parameter: str
+    shape: tuple[int, ...]
+    error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------
+# Checks for each kind of component
+# --------------------------------------------------------------------------------------------
+
+
+def check_layer(layer: layers.Layer, x: Array, rng: np.random.Generator, name: str | None = None) -> list[Row]:
+    """Check dL/dx and every parameter gradient of a layer, with L = sum(layer(x) * R)."""
+    name = name or repr(layer)
+    R = rng.standard_normal(layer.forward(x).shape)
+    R_before = R.copy()
+    dx = layer.backward(R)
+    if not np.array_equal(R, R_before):
+        raise AssertionError(f"{name}.backward wrote into dout")
+    analytic = {"x": dx, **{k: g.copy() for k, g in layer.grads.items()}}
+    arrays = {"x": x, **layer.params}
+
+    def f() -> float:
+        return float(np.sum(layer.forward(x) * R))
+
+    return [Row(name, k, arrays[k].shape, rel_error(analytic[k], numerical_gradient(f, arrays[k])))
+            for k in analytic]
+
+
+def check_function(name: str, fn: Callable[..., tuple], inputs: dict[str, Array]) -> list[Row]:
+    """Check a loss fn(*inputs) -> (value, grad_1, ..., grad_k) against central differences.
+
+    The first k inputs are differentiated; any further input (targets) is held fixed.
+    """
+    value, *grads = fn(*inputs.values())
+    names = list(inputs)[:len(grads)]
+    rows = []
+    for k, g in zip(names, grads):
+        numeric = numerical_gradient(lambda: fn(*inputs.values())[0], inputs[k])
+        rows.append(Row(name, k, inputs[k].shape, rel_error(g, numeric)))
+    return rows
+
+
+def check_reparameterize(mu: Array, logvar: Array, eps: Array, rng: np.random.Generator) -> list[Row]:
+    """Check the reparameterization step z = mu + exp(0.5 logvar) eps in mu and logvar."""
+    step = Reparameterize()
+    R = rng.standard_normal(mu.shape)
+    step.forward(mu, logvar, eps)
+    dmu, dlogvar = step.backward(R)
+
+    def f() -> float:
+        return float(np.sum(step.forward(mu, logvar, eps) * R))
+
+    return [Row("Reparameterize", "mu", mu.shape, rel_error(dmu, numerical_gradient(f, mu))),
+            Row("Reparameterize", "logvar", logvar.shape, rel_error(dlogvar, numerical_gradient(f, logvar)))]
+
+
+def check_model(model: Autoencoder | VAE, x: Array, eps: Array | None = None, name: str | None = None) -> list[Row]:
+    """Check the gradient of the model's whole loss in every parameter, for a fixed eps."""
+    name = name or f"{type(model).__name__}({model.likelihood})"
+    _, grads = model.loss_and_grads(x, eps=eps)
+    analytic = {k: g.copy() for k, g in grads.items()}
+    loss = (lambda: model.loss(x, eps=eps)["loss"]) if isinstance(model, VAE) else (lambda: model.loss(x)["loss"])
+    return [Row(name, k, p.shape, rel_error(analytic[k], numerical_gradient(loss, p)))
+            for k, p in model.params.items()]
+
+
+# --------------------------------------------------------------------------------------------
+# Everything, on small random shapes
+# --------------------------------------------------------------------------------------------
+
+
+def away_from_kink(x: Array, margin: float = 0.05) -> Array:
+    """Push values away from 0, where ReLU and LeakyReLU have no derivative."""
+    return np.where(x >= 0, x + margin, x - margin)
+
+
+def run_all(seed: int = 0) -> list[Row]:
+    """Check every layer, activation, loss, the reparameterization and both models (two likelihoods)."""
+    rng = np.random.default_rng(seed)
+    f64 = np.float64
+    N, D, Z = 4, 7, 3
+    rows: list[Row] = []
+
+    rows += check_layer(layers.Dense(5, 6, rng=rng, dtype=f64), rng.standard_normal((N, 5)), rng)
+    for act_name in layers.ACTIVATIONS:
+        x = away_from_kink(rng.standard_normal((N, 6)) * 2)
+        rows += check_layer(layers.activation(act_name), x, rng)
+    rows += check_layer(layers.mlp([5, 4, 3], "tanh", rng=rng, dtype=f64), rng.standard_normal((N, 5)), rng,
+                        name="mlp(5-4-3, tanh)")
+
+    logits, x01 = rng.standard_normal((N, D)) * 3, rng.uniform(0, 1, (N, D))
+    rows += check_function("l2_reconstruction", losses.l2_reconstruction, {"logits": logits, "x": x01})
+    rows += check_function("bernoulli_reconstruction", losses.bernoulli_reconstruction,
+                           {"logits": logits.copy(), "x": x01})
+    mu, logvar = rng.standard_normal((N, Z)), rng.standard_normal((N, Z))
+    rows += check_function("kl_standard_normal", losses.kl_standard_normal, {"mu": mu, "logvar": logvar})
+    rows += check_function("softmax_cross_entropy", losses.softmax_cross_entropy,
+                           {"logits": rng.standard_normal((N, 5)), "labels": rng.integers(0, 5, N)})
+    rows += check_reparameterize(mu.copy(), logvar.copy(), rng.standard_normal((N, Z)), rng)
+
+    x = rng.uniform(0, 1, (N, D))
+    eps = rng.standard_normal((N, Z))
+    for likelihood in ("l2", "bernoulli"):
+        ae = Autoencoder(D, [5, 4], Z, activation="tanh", dtype=f64, rng=rng, likelihood=likelihood)
+        rows += check_model(ae, x)
+        vae = VAE(D, [5, 4], Z, likelihood=likelihood, beta=0.7, activation="tanh", dtype=f64, rng=rng)
+        rows += check_model(vae, x, eps)
+    relu_vae = VAE(D, [6], Z, likelihood="bernoulli", activation="relu", dtype=f64, rng=rng)
+    rows += check_model(relu_vae, x, eps, name="VAE(bernoulli, relu)")
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """The rows as an aligned text table."""
+    header = ("component", "parameter", "shape", "max rel error", "result")
+    body = [(r.component, r.parameter, str(r.shape), f"{r.error:.2e}", "pass" if r.passed else "FAIL")
+            for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table for `run_all`; return 1 if any entry exceeds the tolerance, else 0."""
+    start = time.perf_counter()
+    rows = run_all()
+    print(format_table(rows))
+    failed = [r for r in rows if not r.passed]
+    worst = max(r.error for r in rows)
+    print(f"\n{len(rows)} checks, {len(rows) - len(failed)} passed, {len(failed)} failed; "
+          f"largest error {worst:.2e} (tolerance {TOLERANCE:.0e}, float64, h = {H:g}); "
+          f"{time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

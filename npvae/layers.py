@@ -1,0 +1,301 @@
+"""Dense layers and activations, each with a hand-written forward and backward pass.
+
+Every layer follows one small protocol:
+
+    y = layer.forward(x)       # caches what the backward pass needs
+    dx = layer.backward(dout)  # fills layer.grads, returns dL/dx
+
+`dout` is dL/dy, the gradient of a scalar loss L with respect to the layer's output. No layer
+ever writes into `dout`: it belongs to the caller.
+
+Shapes: N batch size, D_in / D_out the widths on either side of a dense layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Array = np.ndarray
+
+
+def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """Return `rng` itself if it is a Generator, else a new Generator seeded with it."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+class Layer:
+    """Base class: a layer without parameters. Subclasses set `params` and `grads` when they have any."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+
+    def forward(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def backward(self, dout: Array) -> Array:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# --------------------------------------------------------------------------------------------
+# Dense layer
+# --------------------------------------------------------------------------------------------
+
+
+class Dense(Layer):
+    """Fully connected layer: y = x @ W + b.
+
+    x: (N, D_in), W: (D_in, D_out), b: (D_out,), y: (N, D_out).
+
+    Initialisation (biases are zero):
+    - "he" (default): W ~ N(0, 2 / D_in). For ReLU-family layers this keeps the variance of the
+      activations roughly constant from layer to layer (He et al., 2015), because ReLU zeroes
+      half of its input.
+    - "glorot": W ~ N(0, 2 / (D_in + D_out)). For tanh, sigmoid and linear outputs (Glorot and
+      Bengio, 2010), which keep both halves of their input.
+    The models choose "he" before a ReLU or LeakyReLU and "glorot" otherwise.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, init: str = "he",
+                 rng: np.random.Generator | int | None = None, dtype=np.float32) -> None:
+        super().__init__()
+        if d_in < 1 or d_out < 1:
+            raise ValueError(f"Dense layer sizes must be positive, got ({d_in}, {d_out})")
+        fan = {"he": d_in, "glorot": (d_in + d_out) / 2}
+        if init not in fan:
+            raise ValueError(f"init must be 'he' or 'glorot', got {init!r}")
+        std = math.sqrt(2.0 / fan[init])
+        W = as_generator(rng).standard_normal((d_in, d_out)) * std
+        self.params = {"W": W.astype(dtype), "b": np.zeros(d_out, dtype=dtype)}
+        self.grads = {"W": np.zeros((d_in, d_out), dtype=dtype), "b": np.zeros(d_out, dtype=dtype)}
+        self.x: Array | None = None
+
+    def forward(self, x: Array) -> Array:
+        self.x = x                                       # (N, D_in), kept for dW
+        return x @ self.params["W"] + self.params["b"]   # (N, D_out)
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        # y_nj = sum_i x_ni W_ij + b_j, so
+        #   dW_ij = sum_n x_ni dout_nj  ->  dW = x.T @ dout        (D_in, D_out)
+        #   db_j  = sum_n dout_nj       ->  db = dout.sum(0)       (D_out,)
+        #   dx_ni = sum_j dout_nj W_ij  ->  dx = dout @ W.T        (N, D_in)
+        # Gradients are written into the existing arrays: they may be views of a flat buffer.
+        np.matmul(self.x.T, dout, out=self.grads["W"])
+        np.sum(dout, axis=0, out=self.grads["b"])
+        if not need_dx:    # the first layer's input is data: its gradient would be thrown away
+            return None
+        return dout @ self.params["W"].T
+
+    def __repr__(self) -> str:
+        d_in, d_out = self.params["W"].shape
+        return f"Dense({d_in}, {d_out})"
+
+
+# --------------------------------------------------------------------------------------------
+# Activations (elementwise): y = f(x), dx = dout * f'(x)
+# --------------------------------------------------------------------------------------------
+
+
+class ReLU(Layer):
+    """y = max(x, 0); f'(x) = 1 where x > 0, else 0 (we take 0 at the kink)."""
+
+    def forward(self, x: Array) -> Array:
+        self.mask = x > 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout: Array) -> Array:
+        return dout * self.mask
+
+
+class LeakyReLU(Layer):
+    """y = x where x > 0, else alpha * x; f'(x) = 1 or alpha."""
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: Array) -> Array:
+        one, alpha = x.dtype.type(1), x.dtype.type(self.alpha)   # keep x's dtype: no float64 upcast
+        self.slope = np.where(x > 0, one, alpha)
+        return x * self.slope
+
+    def backward(self, dout: Array) -> Array:
+        return dout * self.slope
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(alpha={self.alpha})"
+
+
+class Tanh(Layer):
+    """y = tanh(x); f'(x) = 1 - y^2."""
+
+    def forward(self, x: Array) -> Array:
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dout: Array) -> Array:
+        return dout * (1 - self.y * self.y)
+
+
+def sigmoid(x: Array) -> Array:
+    """Logistic function 1 / (1 + exp(-x)), written as 0.5 * (1 + tanh(x / 2)).
+
+    The tanh form is exact, never overflows (exp(-x) would for x < -89 in float32), and keeps
+    the dtype of x.
+    """
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)); f'(x) = y * (1 - y)."""
+
+    def forward(self, x: Array) -> Array:
+        self.y = sigmoid(x)
+        return self.y
+
+    def backward(self, dout: Array) -> Array:
+        return dout * self.y * (1 - self.y)
+
+
+class Softplus(Layer):
+    """y = log(1 + exp(x)), computed as logaddexp(0, x) so it never overflows; f'(x) = sigmoid(x)."""
+
+    def forward(self, x: Array) -> Array:
+        self.x = x
+        return np.logaddexp(0, x)
+
+    def backward(self, dout: Array) -> Array:
+        return dout * sigmoid(self.x)
+
+
+ACTIVATIONS: dict[str, type[Layer]] = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "softplus": Softplus,
+}
+
+
+def activation(name: str) -> Layer:
+    """Build an activation layer from its name: one of ACTIVATIONS."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+# --------------------------------------------------------------------------------------------
+# Sequential container and the flat parameter buffer
+# --------------------------------------------------------------------------------------------
+
+
+class Sequential(Layer):
+    """Layers applied one after the other; backward runs them in reverse."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    @property
+    def dense_layers(self) -> list[Dense]:
+        """The layers that have parameters, in order."""
+        return [layer for layer in self.layers if layer.params]
+
+    def forward(self, x: Array) -> Array:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        for i, layer in enumerate(reversed(self.layers)):
+            is_first = i == len(self.layers) - 1
+            if is_first and not need_dx and isinstance(layer, Dense):
+                return layer.backward(dout, need_dx=False)
+            dout = layer.backward(dout)
+        return dout
+
+    def __repr__(self) -> str:
+        return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+def mlp(sizes: list[int], activation_name: str = "relu", *, final_activation: str | None = None,
+        rng: np.random.Generator | int | None = None, dtype=np.float32) -> Sequential:
+    """A multilayer perceptron: Dense(sizes[0], sizes[1]), act, ..., Dense(sizes[-2], sizes[-1]).
+
+    The hidden layers use `activation_name`; the last Dense layer is followed by
+    `final_activation` if given, else left linear.
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least an input and an output size, got {sizes}")
+    rng = as_generator(rng)
+    layers: list[Layer] = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        act = final_activation if last else activation_name
+        init = "he" if act in ("relu", "leaky_relu") else "glorot"
+        layers.append(Dense(d_in, d_out, init=init, rng=rng, dtype=dtype))
+        if act is not None:
+            layers.append(activation(act))
+    return Sequential(layers)
+
+
+def pack(arrays: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+    """Copy a dict of arrays into one flat 1-D buffer and return (buffer, views).
+
+    Each view has the shape of the original array and shares memory with the buffer, so an
+    optimizer can update every parameter with a handful of whole-buffer operations (a "fused"
+    update) while layers keep using their own named arrays.
+    """
+    if not arrays:
+        raise ValueError("nothing to pack")
+    dtypes = {a.dtype for a in arrays.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"all arrays must share one dtype to be packed, got {sorted(map(str, dtypes))}")
+    flat = np.empty(sum(a.size for a in arrays.values()), dtype=dtypes.pop())
+    views, offset = {}, 0
+    for name, a in arrays.items():
+        views[name] = flat[offset:offset + a.size].reshape(a.shape)
+        views[name][...] = a
+        offset += a.size
+    return flat, views
+
+
+def pack_layers(named: dict[str, Layer]) -> tuple[Array, dict[str, Array], Array, dict[str, Array]]:
+    """Move the parameters and gradients of named layers into two flat buffers.
+
+    Returns (flat_params, params, flat_grads, grads). `params` maps "<layer name>.<W or b>" to a
+    view of `flat_params`; each layer's own `params` and `grads` now hold those same views.
+    """
+    flat_params, params = pack({f"{n}.{k}": v for n, layer in named.items() for k, v in layer.params.items()})
+    flat_grads, grads = pack({f"{n}.{k}": v for n, layer in named.items() for k, v in layer.grads.items()})
+    for n, layer in named.items():
+        for k in layer.params:
+            layer.params[k], layer.grads[k] = params[f"{n}.{k}"], grads[f"{n}.{k}"]
+    return flat_params, params, flat_grads, grads
+
+
+def flat_buffer(arrays: dict[str, Array]) -> Array:
+    """Return the 1-D buffer that the arrays of a packed dict (see `pack`) are views of, in order.
+
+    Raises ValueError if they are not: the fused optimizers rely on it.
+    """
+    base = next(iter(arrays.values())).base if arrays else None
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        raise ValueError("the arrays are not views of one flat buffer; build them with npvae.layers.pack")
+    address = base.__array_interface__["data"][0]
+    for a in arrays.values():
+        if a.base is not base or a.__array_interface__["data"][0] != address:
+            raise ValueError("the arrays are not views of one flat buffer, in order; build them with npvae.layers.pack")
+        address += a.nbytes
+    if address != base.__array_interface__["data"][0] + base.nbytes:
+        raise ValueError("the arrays do not cover their flat buffer; build them with npvae.layers.pack")
+    return base

@@ -1,0 +1,146 @@
+"""Optimizers that update a model's parameters in place: SGD with momentum, and Adam.
+
+Both take the model's `params` dict (name -> array) and, at each step, its `grads` dict with the
+same keys. npvae's models keep all parameters in one flat buffer (see `npvae.layers.pack`), so an
+optimizer updates every parameter with a few whole-buffer operations: one fused update instead
+of one small update per array. The updates write into preallocated buffers (`out=`), so a step
+allocates nothing and keeps the parameters' dtype.
+
+Each optimizer keeps its own state (`state_dict()` / `load_state_dict()`) so that a checkpoint
+can save it and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import flat_buffer
+
+Array = np.ndarray
+
+
+class Optimizer:
+    """Base class: holds the flat parameter buffer and the learning rate."""
+
+    def __init__(self, params: dict[str, Array], lr: float) -> None:
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"learning rate must be a positive number, got {lr}")
+        self.params = params
+        self.flat = flat_buffer(params)         # (P,) every parameter, as one array
+        self.lr = float(lr)
+        self._tmp = np.empty_like(self.flat)    # scratch space for the update
+
+    def step(self, grads: dict[str, Array]) -> None:
+        """Update the parameters in place from gradients with the same keys as `params`."""
+        if grads.keys() != self.params.keys():
+            raise ValueError(f"gradient names {sorted(grads)} differ from parameter names {sorted(self.params)}")
+        self._update(flat_buffer(grads))
+
+    def _update(self, g: Array) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Array]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Restore the state saved by `state_dict()`, checking names and shapes."""
+        mine = self.state_dict()
+        if state.keys() != mine.keys():
+            raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
+        for k, v in state.items():
+            v = np.asarray(v)
+            if v.shape != mine[k].shape:
+                raise ValueError(f"optimizer state {k!r} has shape {v.shape}, expected {mine[k].shape}")
+            self._set_state(k, v)
+
+    def _set_state(self, key: str, value: Array) -> None:
+        getattr(self, key)[...] = value
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with (heavy-ball) momentum, as in PyTorch:
+
+        v <- momentum * v + g
+        p <- p - lr * v
+    """
+
+    def __init__(self, params: dict[str, Array], lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__(params, lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.velocity = np.zeros_like(self.flat)
+
+    def _update(self, g: Array) -> None:
+        v = self.velocity
+        v *= self.momentum
+        v += g
+        np.multiply(v, self.lr, out=self._tmp)
+        self.flat -= self._tmp
+
+    def state_dict(self) -> dict[str, Array]:
+        return {"velocity": self.velocity}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba, 2015) with bias correction, as in PyTorch:
+
+        m <- b1 m + (1 - b1) g                   running mean of the gradient
+        v <- b2 v + (1 - b2) g^2                 running mean of its square
+        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    The divisions by 1 - b^t undo the bias of m and v toward their zero start.
+    """
+
+    def __init__(self, params: dict[str, Array], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        self.b1, self.b2, self.eps = float(b1), float(b2), float(eps)
+        self.t = 0
+        self.m = np.zeros_like(self.flat)
+        self.v = np.zeros_like(self.flat)
+
+    def _update(self, g: Array) -> None:
+        self.t += 1
+        m, v, tmp = self.m, self.v, self._tmp
+        # m += (1 - b1) (g - m) is m <- b1 m + (1 - b1) g, without a temporary array.
+        np.subtract(g, m, out=tmp)
+        tmp *= 1 - self.b1
+        m += tmp
+        # v += (1 - b2) (g^2 - v)
+        np.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.b2
+        v += tmp
+        # p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        np.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(bc2)
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.lr / bc1
+        self.flat -= tmp
+
+    def state_dict(self) -> dict[str, Array]:
+        return {"t": np.array(self.t, dtype=np.int64), "m": self.m, "v": self.v}
+
+    def _set_state(self, key: str, value: Array) -> None:
+        if key == "t":
+            self.t = int(value)
+        else:
+            super()._set_state(key, value)
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def make_optimizer(name: str, params: dict[str, Array], lr: float) -> Optimizer:
+    """Build an optimizer by name ("adam" or "sgd") with its default settings and the given lr."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr)
