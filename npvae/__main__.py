@@ -1,20 +1,125 @@
-"""The npvae command line: `python -m npvae COMMAND` or `npvae COMMAND`."""
+"""The npvae command line: `python -m npvae COMMAND` or `npvae COMMAND`.
+
+    npvae train                      train the seed's VAE on the bundled MNIST and write its figures
+    npvae sample RUN                 a grid of samples from a saved run
+    npvae reconstruct RUN            test images and their reconstructions
+    npvae interpolate RUN            interpolations between test images
+    npvae gradcheck                  check every hand-written gradient
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from .runs import DEFAULTS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    # Every default is None here, so that we can tell which options were given (see _given).
+    p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
+    p.add_argument("--likelihood", choices=["l2", "bernoulli"],
+                   help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+                   help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
+    p.add_argument("--latent", type=_positive_int, metavar="Z", help=f"latent size (default {d['latent']})")
+    p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
+                   help=f"hidden activation (default {d['activation']})")
+    p.add_argument("--beta", type=float, help=f"weight of the KL term (default {d['beta']:g})")
+    p.add_argument("--warmup", type=int, metavar="K", help="linear KL warm-up over the first K epochs (default 0)")
+    p.add_argument("--epochs", type=int, help=f"total epochs; with --resume, the epoch to train up to (default {d['epochs']})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"minibatch size (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"optimizer (default {d['optimizer']})")
+    p.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient's global norm to NORM (default: off)")
+    p.add_argument("--seed", type=int, help=f"seed of every random draw: same seed, same run (default {d['seed']})")
+    p.add_argument("--dtype", choices=["float32", "float64"], help=f"floating-point type (default {d['dtype']})")
+    p.add_argument("--data-dir", metavar="DIR", help="a folder of IDX files named like MNIST's (default: bundled MNIST)")
+    p.add_argument("--binarize", choices=["none", "static", "dynamic"], help="pixel binarization (default none)")
+    p.add_argument("--train-size", type=_positive_int, metavar="N", help="use only the first N training images")
+    p.add_argument("--test-size", type=_positive_int, metavar="N", help="use only the first N test images")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<name from the settings>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npvae", description=__doc__)
+    parser = argparse.ArgumentParser(prog="npvae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_options(sub.add_parser("train", help="train a VAE or AE on MNIST (the main job)"))
+    for name, what in (("sample", "a grid of samples from the prior"),
+                       ("reconstruct", "test images beside their reconstructions"),
+                       ("interpolate", "interpolations between pairs of test images")):
+        p = sub.add_parser(name, help=f"{what}, from a saved run")
+        p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
+        p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
     return parser
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .runs import train_run
+    from .train import TrainingDiverged
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    if args.resume and args.out is None:
+        print("npvae train: --resume needs --out RUN_FOLDER (the run to continue)", file=sys.stderr)
+        return 2
+    cfg = {**DEFAULTS, **given, "_given": sorted(given)}
+    try:
+        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures)
+    except KeyboardInterrupt:
+        return 130
+    except (TrainingDiverged, CheckpointError, FileExistsError, ValueError, ImportError) as e:
+        print(f"npvae train: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _figure(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import runs
+    from .checkpoint import CheckpointError
+    try:
+        model, ckpt = runs.load_run(args.run)
+    except CheckpointError as e:
+        print(f"npvae {args.command}: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {**DEFAULTS, **ckpt.config}
+    if args.command == "sample":
+        path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
+    else:
+        _, x_test, _ = runs.load_data(cfg)
+        x_test = runs.as_float(x_test)
+        if args.command == "reconstruct":
+            path = runs.figure_reconstruct(model, x_test, out)
+        else:
+            path = runs.figure_interpolate(model, x_test, out)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    if args.command in ("sample", "reconstruct", "interpolate"):
+        return _figure(args)
     if args.command == "gradcheck":
         from .gradcheck import main as gradcheck_main
         return gradcheck_main()

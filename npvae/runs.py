@@ -1,0 +1,260 @@
+"""Run folders: what `npvae train` writes (checkpoint, history, config, figures) and reads back.
+
+A run folder holds
+    checkpoint.npz   parameters, optimizer state, generator states, epoch, history, config
+    config.json      the run's settings (the same as in the checkpoint)
+    history.csv      one row per epoch, with a header naming each column
+    history.json     the same rows as JSON
+    *.png            the standard figures
+The checkpoint is rewritten (atomically) after every epoch, so a run can always be resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .data import load_mnist_uint8
+from .models import VAE, Autoencoder, build_model
+from .optim import make_optimizer
+from .train import Progress, TrainingDiverged, fit
+
+CHECKPOINT = "checkpoint.npz"
+
+# The seed's model: a VAE with the L2 reconstruction loss plus KL, 784-400-20, ReLU, Adam 1e-3,
+# batch 128, 10 epochs, on the bundled MNIST.
+DEFAULTS: dict = {
+    "model": "vae", "likelihood": "l2", "hidden": [400], "latent": 20, "activation": "relu",
+    "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
+    "clip": None, "seed": 0, "dtype": "float32", "data_dir": None, "binarize": "none",
+    "train_size": None, "test_size": None,
+}
+# Settings a resumed run may change: the epoch to train up to, and the remedies for a diverging
+# run (a lower learning rate, gradient clipping). Every other setting must match the run's.
+CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip")
+
+
+def run_name(cfg: dict) -> str:
+    """A folder name that tells the settings apart, e.g. "vae-l2-h400-z20"."""
+    name = f"{cfg['model']}-{cfg['likelihood']}-h{'x'.join(map(str, cfg['hidden']))}-z{cfg['latent']}"
+    if cfg["model"] == "vae" and cfg["beta"] != 1:
+        name += f"-beta{cfg['beta']:g}"
+    for key, default in (("activation", "relu"), ("binarize", "none"), ("warmup", 0), ("seed", 0),
+                         ("dtype", "float32"), ("lr", 1e-3), ("batch_size", 128), ("optimizer", "adam"),
+                         ("train_size", None), ("clip", None)):
+        if cfg[key] != default:
+            name += f"-{key.replace('_', '')}{cfg[key]}"
+    if cfg["data_dir"]:
+        name += "-" + Path(cfg["data_dir"]).name
+    return name
+
+
+def model_config(cfg: dict) -> dict:
+    """The arguments of `build_model` for a run's settings."""
+    return {"model": cfg["model"], "input_dim": 784, "hidden_dims": list(cfg["hidden"]),
+            "latent_dim": cfg["latent"], "likelihood": cfg["likelihood"], "beta": cfg["beta"],
+            "activation": cfg["activation"], "dtype": cfg["dtype"]}
+
+
+def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train images uint8, test images uint8, test labels) for a run, trimmed to the subset sizes."""
+    x_train, _ = load_mnist_uint8("train", cfg["data_dir"])
+    x_test, y_test = load_mnist_uint8("test", cfg["data_dir"])
+    if cfg["train_size"]:
+        x_train = x_train[:cfg["train_size"]]
+    if cfg["test_size"]:
+        x_test, y_test = x_test[:cfg["test_size"]], y_test[:cfg["test_size"]]
+    return x_train, x_test, y_test
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading a run folder
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    """history.csv (header row, one row per epoch; empty cells where a run has no such column) and history.json."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic_write_text(out / "history.csv", buf.getvalue())
+    _atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+
+
+def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], history: list[dict],
+             cfg: dict) -> None:
+    """Write the checkpoint (atomically), the history files and config.json."""
+    save_checkpoint(out / CHECKPOINT, Checkpoint(
+        params=dict(model.params), optimizer_state=optimizer.state_dict(),
+        rng_state={k: g.bit_generator.state for k, g in rngs.items()},
+        epoch=len(history), history=history, config=cfg))
+    write_history(out, history)
+
+
+def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
+    """Rebuild the model of a run folder from its checkpoint. Returns (model, checkpoint)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint here; is {run_dir} a run folder written by `npvae train`?")
+    ckpt = load_checkpoint(path)
+    cfg = {**DEFAULTS, **ckpt.config}
+    model = build_model(model_config(cfg), rng=cfg["seed"])
+    expected = {k: (v.shape, v.dtype) for k, v in model.params.items()}
+    ckpt = load_checkpoint(path, expected_params=expected)     # checks names, shapes and dtypes
+    for k, v in ckpt.params.items():
+        model.params[k][...] = v
+    if "model" in ckpt.rng_state:
+        model.rng.bit_generator.state = ckpt.rng_state["model"]
+    return model, ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# The standard figures
+# --------------------------------------------------------------------------------------------
+
+
+def _codes(model, x: np.ndarray) -> np.ndarray:
+    """The point in latent space of each image: mu for a VAE, z for an autoencoder."""
+    return model.encode(x)[0] if isinstance(model, VAE) else model.encode(x)
+
+
+def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12) -> Path:
+    from . import plots
+    x = x_test[:n]
+    recon = model.decode(_codes(model, x))
+    return plots.reconstructions(x, recon, out / "reconstructions.png",
+                                 title=f"Test images (top) and their reconstructions (bottom), {type(model).__name__}")
+
+
+def figure_sample(model, out: Path, rng: np.random.Generator, n: int = 100) -> Path:
+    from . import plots
+    z = rng.standard_normal((n, model.latent_dim)).astype(model.dtype)
+    what = "samples from the prior N(0, I)" if isinstance(model, VAE) else "decodes of z ~ N(0, I) (an AE has no prior)"
+    return plots.image_grid(model.decode(z), out / "samples.png", ncols=10, title=f"{type(model).__name__}: {what}")
+
+
+def figure_interpolate(model, x_test: np.ndarray, out: Path, pairs: int = 6, steps: int = 10) -> Path:
+    from . import plots
+    codes = _codes(model, x_test[:2 * pairs])
+    a, b = codes[0::2], codes[1::2]                                   # (pairs, Z) each
+    t = np.linspace(0, 1, steps, dtype=model.dtype)[None, :, None]    # (1, steps, 1)
+    path = (1 - t) * a[:, None, :] + t * b[:, None, :]                # (pairs, steps, Z)
+    images = model.decode(path.reshape(-1, model.latent_dim)).reshape(pairs, steps, -1)
+    return plots.interpolation_grid(images, out / "interpolation.png",
+                                    title=f"Linear interpolation between the codes of two test images, {type(model).__name__}")
+
+
+def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.ndarray, out: Path,
+                  seed: int = 0) -> list[Path]:
+    """All standard figures of a run; the 2-D latent scatter only when Z = 2."""
+    from . import plots
+    rng = np.random.default_rng(seed)
+    paths = [figure_reconstruct(model, x_test, out), figure_sample(model, out, rng),
+             figure_interpolate(model, x_test, out),
+             plots.training_curves(history, out / "training_curves.png",
+                                   title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")]
+    if model.latent_dim == 2:
+        paths.append(plots.latent_scatter(_codes(model, x_test), y_test, out / "latent.png",
+                                          title="Test set in latent space, coloured by digit"))
+    return paths
+
+
+def as_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+
+
+# --------------------------------------------------------------------------------------------
+# `npvae train`
+# --------------------------------------------------------------------------------------------
+
+
+def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+              figures: bool = True, stream: TextIO | None = None) -> Path:
+    """Train a run from its settings, writing everything into `out` (default runs/<name>).
+
+    With resume=True, continue the run in `out` from its checkpoint up to cfg["epochs"] epochs.
+    Raises TrainingDiverged, CheckpointError, or FileExistsError (a finished run in the way).
+    """
+    stream = stream if stream is not None else sys.stdout
+    cfg = {**DEFAULTS, **cfg}
+    out = Path(out) if out is not None else Path("runs") / run_name(cfg)
+    ckpt_path = out / CHECKPOINT
+    seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
+    if resume:
+        model, ckpt = load_run(out)
+        saved = {**DEFAULTS, **ckpt.config}
+        given = cfg.get("_given", ())
+        differ = [k for k in given if k not in CHANGEABLE_ON_RESUME and cfg[k] != saved[k]]
+        if differ:
+            raise ValueError(f"cannot resume {out} with different settings: "
+                             + ", ".join(f"{k}={cfg[k]!r} (the run has {saved[k]!r})" for k in differ))
+        cfg = {**saved, **{k: cfg[k] for k in CHANGEABLE_ON_RESUME if k in given}}
+        optimizer = make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        data_rng = np.random.default_rng(seeds[1])
+        data_rng.bit_generator.state = ckpt.rng_state["data"]
+        history = ckpt.history
+        stream.write(f"Resuming {out} after epoch {ckpt.epoch}, training to epoch {cfg['epochs']}\n")
+    else:
+        if ckpt_path.exists() and not overwrite:
+            raise FileExistsError(f"{out} already holds a run. Continue it with --resume (and --epochs N "
+                                  f"for more epochs), choose another folder with --out, or pass --overwrite.")
+        model = build_model(model_config(cfg), rng=np.random.default_rng(seeds[0]))
+        optimizer = make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
+        data_rng = np.random.default_rng(seeds[1])
+        history = []
+    cfg.pop("_given", None)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
+
+    x_train, x_test, y_test = load_data(cfg)
+    rngs = {"model": model.rng, "data": data_rng}
+    save = lambda h: save_run(out, model, optimizer, rngs, h, cfg)   # noqa: E731
+    if not history:
+        save(history)     # epoch 0: even a run interrupted in its first epoch can be resumed
+    stream.write(f"Training {type(model).__name__} {784}-{'-'.join(map(str, cfg['hidden']))}-{cfg['latent']} "
+                 f"({cfg['likelihood']} likelihood, {model.num_params:,} parameters) on {len(x_train):,} images, "
+                 f"testing on {len(x_test):,}; run folder {out}\n")
+    start = time.perf_counter()
+    try:
+        history = fit(model, optimizer, x_train, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                      rng=data_rng, eval_images=x_test, beta=cfg["beta"], warmup=cfg["warmup"],
+                      clip=cfg["clip"], binarization=cfg["binarize"], history=history,
+                      eval_seed=cfg["seed"], on_epoch_end=save, progress=Progress(stream), log=stream)
+    except KeyboardInterrupt:
+        done = len(load_checkpoint(ckpt_path).history)
+        stream.write(f"\nInterrupted. The checkpoint of epoch {done} is in {ckpt_path}.\n"
+                     f"Resume with: npvae train --out {out} --resume --epochs {cfg['epochs']}\n")
+        raise
+    stream.write(f"Trained {cfg['epochs']} epochs in {time.perf_counter() - start:.1f} s.\n")
+    if figures:
+        paths = write_figures(model, history, as_float(x_test), y_test, out, seed=cfg["seed"])
+        stream.write("Figures:\n" + "".join(f"  {p}\n" for p in paths))
+    stream.write(f"Checkpoint: {ckpt_path}\nHistory: {out / 'history.csv'}, {out / 'history.json'}\n")
+    return out

@@ -1,0 +1,265 @@
+"""Tests for the training loop, run folders, checkpoints in use, and the `npvae train` command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npvae import runs
+from npvae.__main__ import main
+from npvae.checkpoint import CheckpointError, load_checkpoint
+from npvae.models import VAE, Autoencoder
+from npvae.optim import Adam
+from npvae.train import (Progress, TrainingDiverged, beta_at, clip_grad_norm, evaluate_loss, fit,
+                         format_epoch, to_batch)
+
+SMALL = ["--train-size", "300", "--test-size", "100", "--hidden", "32", "--latent", "2", "--batch-size", "50"]
+
+
+def tiny_data(n=64, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, d), dtype=np.uint8)
+
+
+def tiny_fit(epochs, history=None, model=None, opt=None, data_rng=None, **kw):
+    x = tiny_data()
+    model = model or VAE(12, [8], 3, rng=1)
+    opt = opt or Adam(model.params, lr=1e-2)
+    data_rng = data_rng or np.random.default_rng(2)
+    h = fit(model, opt, x, epochs=epochs, batch_size=10, rng=data_rng, eval_images=x[:20], history=history,
+            log=io.StringIO(), **kw)
+    return model, opt, data_rng, h
+
+
+# --------------------------------------------------------------------------------------------
+# fit and its pieces
+# --------------------------------------------------------------------------------------------
+
+
+def test_warmup_schedule_rises_linearly_from_zero():
+    assert [beta_at(e, 2.0, 4) for e in range(1, 7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    assert [beta_at(e, 1.0, 0) for e in (1, 2)] == [1.0, 1.0]
+
+
+def test_fit_records_warmup_beta_in_history_and_restores_full_beta():
+    model, _, _, history = tiny_fit(4, warmup=2)
+    assert [row["beta"] for row in history] == [0.0, 0.5, 1.0, 1.0]
+    assert model.beta == 1.0
+    # with beta = 0 in epoch 1 the loss is the reconstruction alone
+    assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"])
+
+
+def test_history_rows_have_the_documented_columns():
+    _, _, _, history = tiny_fit(2)
+    assert list(history[0]) == ["epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon",
+                                "test_kl", "beta", "lr", "seconds"]
+    for row in history:
+        assert row["train_loss"] == pytest.approx(row["train_recon"] + row["beta"] * row["train_kl"])
+        assert row["test_loss"] == pytest.approx(row["test_recon"] + row["beta"] * row["test_kl"])
+
+
+def test_same_seed_same_run_and_different_seed_different_run():
+    a = tiny_fit(2)[0].flat_params.copy()
+    b = tiny_fit(2)[0].flat_params.copy()
+    c = tiny_fit(2, data_rng=np.random.default_rng(99))[0].flat_params.copy()
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_resume_in_memory_is_bitwise_identical():
+    straight = tiny_fit(6)[0].flat_params.copy()
+    model, opt, data_rng, history = tiny_fit(3)
+    model2, _, _, _ = tiny_fit(6, history=history, model=model, opt=opt, data_rng=data_rng)
+    assert np.array_equal(model2.flat_params, straight)
+
+
+def test_nan_loss_stops_with_epoch_and_batch_named():
+    model = VAE(12, [8], 3, rng=1)
+    model.params["dec1.b"][...] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 1.*lower learning rate"):
+        tiny_fit(2, model=model)
+
+
+def test_to_batch_scales_uint8_and_reuses_buffer():
+    images = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    buf = np.empty((2, 2), dtype=np.float32)
+    out = to_batch(images, np.array([1, 0]), np.dtype(np.float32), out=buf)
+    assert out.dtype == np.float32 and np.shares_memory(out, buf)
+    assert np.allclose(out, [[0.2, 0.4], [0.0, 1.0]])
+
+
+def test_clip_grad_norm():
+    g = np.array([3.0, 4.0], dtype=np.float32)
+    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
+    assert np.allclose(g, [0.6, 0.8]) and g.dtype == np.float32
+    g2 = np.array([0.3, 0.4])
+    clip_grad_norm(g2, 1.0)
+    assert np.allclose(g2, [0.3, 0.4])
+
+
+def test_evaluate_loss_is_a_weighted_mean_over_batches():
+    model = VAE(12, [8], 3, rng=1)
+    x = tiny_data(25)
+    eps = np.random.default_rng(5).standard_normal((25, 3), dtype=np.float32)
+    whole = model.loss(x.astype(np.float32) / 255, eps=eps)
+    batched = evaluate_loss(model, x, batch_size=10, rng=np.random.default_rng(5))
+    # the same draws in the same order: the batched figures are the weighted mean of the whole
+    assert batched["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert batched["kl"] == pytest.approx(whole["kl"], rel=1e-5)
+
+
+def test_autoencoder_history_has_no_kl():
+    x = tiny_data()
+    model = Autoencoder(12, [8], 3, rng=0)
+    h = fit(model, Adam(model.params), x, epochs=1, batch_size=16, rng=np.random.default_rng(0), log=io.StringIO())
+    assert "train_kl" not in h[0] and "beta" not in h[0]
+    assert "kl" not in format_epoch(h[0])
+
+
+def test_progress_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    p = Progress(stream)
+    assert not p.live
+    for b in range(1, 9):
+        p.batch(1, 2, b, 8, 1.0, 0.1 * b)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and "\r" not in stream.getvalue()     # one line per quarter
+    assert lines[-1].startswith("  epoch 1/2: 8/8 batches")
+
+
+def test_progress_live_bar_on_a_terminal():
+    stream = io.StringIO()
+    p = Progress(stream, live=True)
+    p.batch(1, 2, 3, 8, 1.0, 0.3)
+    assert stream.getvalue().startswith("\repoch 1/2 [") and "3/8 batches" in stream.getvalue()
+    assert "s left" in stream.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Run folders and the command line
+# --------------------------------------------------------------------------------------------
+
+
+def test_train_command_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   1" in printed and "epoch   2" in printed and "Figures:" in printed
+    for name in ("checkpoint.npz", "history.csv", "history.json", "config.json", "reconstructions.png",
+                 "samples.png", "interpolation.png", "training_curves.png", "latent.png"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in printed or name in ("config.json",)
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon",
+                             "test_kl", "beta", "lr", "seconds"]
+    assert json.loads((out / "history.json").read_text())[1]["epoch"] == 2
+    assert json.loads((out / "config.json").read_text())["latent"] == 2
+    assert load_checkpoint(out / "checkpoint.npz").epoch == 2
+    for name in ("sample", "reconstruct", "interpolate"):
+        assert main([name, str(out), "--out", str(tmp_path / name)]) == 0
+        assert len(list((tmp_path / name).glob("*.png"))) == 1
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_from_disk_is_bitwise_identical(tmp_path):
+    args = [*SMALL, "--no-figures", "--seed", "3"]
+    assert main(["train", *args, "--epochs", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--epochs", "8", "--out", str(tmp_path / "a"), "--resume", "--no-figures"]) == 0
+    assert main(["train", *args, "--epochs", "8", "--out", str(tmp_path / "b")]) == 0
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.npz"), load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert a.epoch == b.epoch == 8
+    for k in b.params:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    for k in b.optimizer_state:
+        assert np.array_equal(a.optimizer_state[k], b.optimizer_state[k]), k
+    assert [r["test_loss"] for r in a.history] == [r["test_loss"] for r in b.history]
+
+
+def test_resume_with_different_architecture_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
+    assert main(["train", "--hidden", "64", "--epochs", "2", "--out", str(out), "--resume"]) == 1
+    assert "hidden" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
+    ckpt = out / "checkpoint.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert main(["sample", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "truncated" in err
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        runs.load_run(tmp_path / "nowhere")
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    ckpt.config["hidden"] = [40]
+    from npvae.checkpoint import save_checkpoint
+    save_checkpoint(out / "checkpoint.npz", ckpt)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        runs.load_run(out)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures",
+                 "--likelihood", "bernoulli"]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    # the learning rate may change on resume (the remedy the message suggests); 1e6 diverges
+    assert main(["train", "--epochs", "3", "--out", str(out), "--resume", "--no-figures", "--lr", "1e6"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2, batch" in err and "--lr" in err and "--clip" in err
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_run_name_tells_settings_apart():
+    base = dict(runs.DEFAULTS)
+    assert runs.run_name(base) == "vae-l2-h400-z20"
+    assert runs.run_name({**base, "model": "ae", "likelihood": "bernoulli"}) == "ae-bernoulli-h400-z20"
+    assert runs.run_name({**base, "beta": 4.0, "seed": 2}) == "vae-l2-h400-z20-beta4-seed2"
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "npvae", "train", *SMALL, "--epochs", "100000",
+                             "--out", str(out), "--no-figures"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:     # wait until at least one epoch is complete
+            if (out / "history.json").exists() and json.loads((out / "history.json").read_text() or "[]"):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "Resume with: npvae train --out" in output
+    done = load_checkpoint(out / "checkpoint.npz").epoch
+    assert done >= 1
+    assert main(["train", "--out", str(out), "--resume", "--epochs", str(done + 1), "--no-figures"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz").epoch == done + 1
