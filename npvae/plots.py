@@ -1,0 +1,480 @@
+"""Figure helpers that write the standard PNG figures of a run (image grids, loss curves, latent plots)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DPI = 120
+_NO_MATPLOTLIB = "figures need matplotlib: pip install 'npvae[plot]'"
+
+
+# --------------------------------------------------------------------------------------
+# matplotlib plumbing: imported lazily, because the core of npvae needs NumPy only.
+# We build a matplotlib.figure.Figure on an Agg canvas ourselves, so no global pyplot
+# state (current figure, GUI backend) is ever touched: safe on headless machines.
+# --------------------------------------------------------------------------------------
+
+def _new_figure(figsize: tuple[float, float], **kwargs: Any):
+    """Return an off-screen Figure of `figsize` inches drawn by the Agg (PNG) renderer."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(_NO_MATPLOTLIB) from err
+    fig = Figure(figsize=figsize, dpi=DPI, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG to `path` (creating parent directories), release it, return the Path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    fig.clear()  # the figure was never registered with pyplot: clearing it is all "closing" takes
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Input checking and tiling (pure NumPy, unit-testable without matplotlib).
+# --------------------------------------------------------------------------------------
+
+def _as_images(images: Any, image_shape: tuple[int, int], name: str = "images",
+               allow_empty: bool = False) -> np.ndarray:
+    """(N, H*W) flat or (N, H, W) images -> float array (N, H, W).
+
+    Flat rows are reshaped with `image_shape`; 3-D input keeps its own (H, W).
+    """
+    arr = np.asarray(images, dtype=float)
+    if arr.ndim == 2:
+        if len(image_shape) != 2 or min(image_shape) < 1:
+            raise ValueError(f"image_shape must be (H, W) with H, W >= 1, got {image_shape}")
+        h, w = int(image_shape[0]), int(image_shape[1])
+        if arr.shape[1] != h * w:
+            raise ValueError(f"{name}: each image has {arr.shape[1]} pixels, but image_shape "
+                             f"{(h, w)} needs {h * w}")
+        arr = arr.reshape(arr.shape[0], h, w)
+    elif arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H*W) or (N, H, W), got {arr.shape}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: there is nothing to draw")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _tile(images: Any, nrows: int, ncols: int, image_shape: tuple[int, int],
+          pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+    """Tile N <= nrows*ncols images row-major into one 2-D array.
+
+    images: (N, H*W) or (N, H, W). Returns (nrows*H + (nrows-1)*pad, ncols*W + (ncols-1)*pad).
+    Image k goes to grid row k // ncols, column k % ncols: its top-left pixel is at
+    (row * (H + pad), col * (W + pad)). Separators and unused cells hold `pad_value`.
+    """
+    imgs = _as_images(images, image_shape, allow_empty=True)
+    n, h, w = imgs.shape
+    if nrows < 1 or ncols < 1 or pad < 0:
+        raise ValueError(f"need nrows, ncols >= 1 and pad >= 0, got {nrows}, {ncols}, {pad}")
+    if n > nrows * ncols:
+        raise ValueError(f"{n} images do not fit in a {nrows} x {ncols} grid")
+    canvas = np.full((nrows * h + (nrows - 1) * pad, ncols * w + (ncols - 1) * pad),
+                     pad_value, dtype=float)
+    for k in range(n):
+        top, left = (k // ncols) * (h + pad), (k % ncols) * (w + pad)
+        canvas[top:top + h, left:left + w] = imgs[k]
+    return canvas
+
+
+def _centres(count: int, size: int, pad: int = 1) -> list[float]:
+    """Pixel coordinate of the middle of each of `count` tiles of `size` px (for tick marks)."""
+    return [i * (size + pad) + (size - 1) / 2 for i in range(count)]
+
+
+def _few(count: int, most: int = 11) -> list[int]:
+    """Indices of the tiles to label: all of them, or about 5 spread out when there are many."""
+    if count <= most:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, 5)})
+
+
+def _show_canvas(canvas: np.ndarray, title: str | None, *, yticks=None, xticks=None,
+                 xticks_on_top: bool = False, xlabel: str | None = None,
+                 ylabel: str | None = None):
+    """Draw a tiled grey-scale canvas pixel-exactly; ticks are (positions, labels) pairs.
+
+    The axes fills the whole figure, which is sized so that one image pixel is an integer
+    number of screen pixels (crisp, no smoothing); titles and labels sit outside it and
+    are kept by `bbox_inches="tight"` when saving.
+    """
+    h, w = canvas.shape
+    # Magnify by a whole number: about 1000 px on the long side, at most 4x unless the
+    # canvas is tiny (a single small image is still blown up to >= 120 px).
+    scale = int(np.clip(round(1000 / max(h, w)), 1, max(4, math.ceil(120 / max(h, w)))))
+    fig = _new_figure((w * scale / DPI, h * scale / DPI))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xticks(*(xticks or ([], [])))
+    ax.set_yticks(*(yticks or ([], [])))
+    ax.tick_params(length=0, labelsize=9)
+    if xticks_on_top:
+        ax.xaxis.tick_top()
+        ax.xaxis.set_label_position("top")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Image figures.
+# --------------------------------------------------------------------------------------
+
+def image_grid(images: Any, path: str | Path, *, nrows: int | None = None,
+               ncols: int | None = None, title: str | None = None,
+               row_labels: Sequence[str] | None = None,
+               image_shape: tuple[int, int] = (28, 28)) -> Path:
+    """Draw N images (N, H*W) or (N, H, W), row-major in a grid.
+
+    All image figures draw 0 as black and 1 as white; values outside [0, 1] are clipped.
+
+    Default ncols = ceil(sqrt(N)) and nrows = ceil(N / ncols). `row_labels` (one str per
+    row) are written at the left of each row.
+    """
+    imgs = _as_images(images, image_shape)
+    n, h, w = imgs.shape
+    if ncols is None:
+        ncols = math.ceil(math.sqrt(n)) if nrows is None else math.ceil(n / nrows)
+    if nrows is None:
+        nrows = math.ceil(n / ncols)
+    if nrows * ncols < n:
+        raise ValueError(f"{n} images do not fit in nrows={nrows} x ncols={ncols}")
+    yticks = None
+    if row_labels is not None:
+        if len(row_labels) != nrows:
+            raise ValueError(f"row_labels has {len(row_labels)} entries but the grid has {nrows} rows")
+        yticks = (_centres(nrows, h), list(row_labels))
+    fig = _show_canvas(_tile(imgs, nrows, ncols, image_shape), title, yticks=yticks)
+    return _save(fig, path)
+
+
+def image_rows(rows: Sequence[Any], path: str | Path, *, row_labels: Sequence[str],
+               title: str | None = None, image_shape: tuple[int, int] = (28, 28)) -> Path:
+    """Draw each array of `rows` (a list of (n_i, H*W) or (n_i, H, W)) as one labelled row.
+
+    Rows may have different lengths; the short ones are padded with blank cells.
+    """
+    if len(rows) == 0:
+        raise ValueError("rows is empty: there is nothing to draw")
+    if len(row_labels) != len(rows):
+        raise ValueError(f"row_labels has {len(row_labels)} entries but there are {len(rows)} rows")
+    arrays = [_as_images(r, image_shape, name=f"rows[{i}]", allow_empty=True)
+              for i, r in enumerate(rows)]
+    if len({a.shape[1:] for a in arrays}) != 1:
+        raise ValueError(f"all rows must hold images of one size, got {[a.shape[1:] for a in arrays]}")
+    ncols = max(len(a) for a in arrays)
+    if ncols == 0:
+        raise ValueError("every row is empty: there is nothing to draw")
+    h, w = arrays[0].shape[1:]
+    # Lay the rows out on a full nrows x ncols grid; missing cells stay blank (pad value 1).
+    grid = np.ones((len(arrays) * ncols, h, w))
+    for i, a in enumerate(arrays):
+        grid[i * ncols:i * ncols + len(a)] = a
+    canvas = _tile(grid, len(arrays), ncols, (h, w))
+    fig = _show_canvas(canvas, title, yticks=(_centres(len(arrays), h), list(row_labels)))
+    return _save(fig, path)
+
+
+def reconstructions(originals: Any, reconstructed: Any, path: str | Path, *,
+                    title: str = "Originals and their reconstructions",
+                    image_shape: tuple[int, int] = (28, 28), ncols: int | None = None,
+                    row_labels: tuple[str, str] = ("original", "reconstruction")) -> Path:
+    """Draw originals (N, H*W) above their reconstructions (N, H*W), column by column.
+
+    With `ncols` < N the pairs of rows wrap: originals 0..ncols-1, their reconstructions,
+    then the next ncols originals, and so on.
+    """
+    orig = _as_images(originals, image_shape, name="originals")
+    reco = _as_images(reconstructed, image_shape, name="reconstructed")
+    if orig.shape != reco.shape:
+        raise ValueError(f"originals {orig.shape} and reconstructed {reco.shape} differ in shape")
+    ncols = len(orig) if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    rows, labels = [], []
+    for start in range(0, len(orig), ncols):
+        rows += [orig[start:start + ncols], reco[start:start + ncols]]
+        labels += list(row_labels)
+    return image_rows(rows, path, row_labels=labels, title=title, image_shape=image_shape)
+
+
+def interpolation_grid(paths_images: Any, path: str | Path, *,
+                       row_labels: Sequence[str] | None = None, title: str | None = None,
+                       image_shape: tuple[int, int] = (28, 28)) -> Path:
+    """Draw latent interpolations: (n_paths, n_steps, H*W) or (n_paths, n_steps, H, W).
+
+    Each path is one row from its start (t=0, left) to its end (t=1, right).
+    """
+    arr = np.asarray(paths_images, dtype=float)
+    if arr.ndim not in (3, 4):
+        raise ValueError("paths_images must have shape (n_paths, n_steps, H*W) or "
+                         f"(n_paths, n_steps, H, W), got {arr.shape}")
+    n_paths, n_steps = arr.shape[:2]
+    imgs = _as_images(arr.reshape(n_paths * n_steps, *arr.shape[2:]), image_shape,
+                      name="paths_images")
+    h, w = imgs.shape[1:]
+    yticks = None
+    if row_labels is not None:
+        if len(row_labels) != n_paths:
+            raise ValueError(f"row_labels has {len(row_labels)} entries but there are {n_paths} paths")
+        yticks = (_centres(n_paths, h), list(row_labels))
+    t = np.linspace(0.0, 1.0, n_steps) if n_steps > 1 else np.zeros(1)
+    cols = _few(n_steps)
+    xticks = ([_centres(n_steps, w)[j] for j in cols], [f"t={t[j]:.2g}" for j in cols])
+    fig = _show_canvas(_tile(imgs, n_paths, n_steps, (h, w)), title, yticks=yticks,
+                       xticks=xticks, xticks_on_top=True)
+    return _save(fig, path)
+
+
+def manifold_codes(grid_size: int, extent: tuple[float, float, float, float]) -> np.ndarray:
+    """Latent codes (grid_size**2, 2) in the order `latent_manifold` lays its images out.
+
+    Row-major, top row first: column j has z1 = linspace(z1_min, z1_max)[j] and row i has
+    z2 = linspace(z2_max, z2_min)[i], so z2 grows upwards as on an ordinary plot.
+    """
+    z1_min, z1_max, z2_min, z2_max = extent
+    z1 = np.linspace(z1_min, z1_max, grid_size)
+    z2 = np.linspace(z2_max, z2_min, grid_size)
+    return np.stack([np.tile(z1, grid_size), np.repeat(z2, grid_size)], axis=1)
+
+
+def latent_manifold(images: Any, path: str | Path, *, grid_size: int,
+                    extent: tuple[float, float, float, float] | None = None,
+                    title: str | None = None,
+                    image_shape: tuple[int, int] = (28, 28)) -> Path:
+    """Draw decoded images (grid_size**2, H*W) as a grid_size x grid_size manifold.
+
+    Images are row-major with the top row first, in the order of `manifold_codes`.
+    With extent=(z1_min, z1_max, z2_min, z2_max) the ticks show the z value of each tile.
+    """
+    imgs = _as_images(images, image_shape)
+    if grid_size < 1 or len(imgs) != grid_size * grid_size:
+        raise ValueError(f"latent_manifold needs grid_size**2 = {grid_size * grid_size} "
+                         f"images, got {len(imgs)}")
+    h, w = imgs.shape[1:]
+    xticks = yticks = None
+    if extent is not None:
+        if len(extent) != 4:
+            raise ValueError(f"extent must be (z1_min, z1_max, z2_min, z2_max), got {extent}")
+        codes = manifold_codes(grid_size, extent)
+        z1, z2 = codes[:grid_size, 0], codes[::grid_size, 1]
+        idx = _few(grid_size, most=7)
+        xticks = ([_centres(grid_size, w)[j] for j in idx], [f"{z1[j]:.2g}" for j in idx])
+        yticks = ([_centres(grid_size, h)[i] for i in idx], [f"{z2[i]:.2g}" for i in idx])
+    fig = _show_canvas(_tile(imgs, grid_size, grid_size, (h, w)), title,
+                       xticks=xticks, yticks=yticks, xlabel="z1", ylabel="z2")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# Curves and charts.
+# --------------------------------------------------------------------------------------
+
+def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list, list]:
+    """(epochs, values) of `key` over the epochs of `history` that recorded it."""
+    points = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(history)
+              if h.get(key) is not None]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def _check_history(history: Any, name: str = "history") -> None:
+    if (isinstance(history, Mapping) or not isinstance(history, Sequence) or len(history) == 0
+            or not all(isinstance(h, Mapping) for h in history)):
+        raise ValueError(f"{name} must be a non-empty list of dicts, one per epoch")
+    if not any(k in h for h in history for k in ("train_recon", "test_recon", "train_loss", "test_loss")):
+        raise ValueError(f"{name} has no 'train_recon'/'test_recon'/'train_loss'/'test_loss' key")
+
+
+def _has(history: Sequence[Mapping], *keys: str) -> bool:
+    return any(h.get(k) is not None for h in history for k in keys)
+
+
+def _style_curve_axes(ax, title: str, ylabel: str, epochs: Sequence[float]) -> None:
+    """Title, labels, grid; whole-number epoch ticks (each epoch ticked when there are few)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if len(set(epochs)) <= 10:
+        ax.set_xticks(sorted(set(epochs)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def training_curves(history: Sequence[Mapping[str, float]], path: str | Path, *,
+                    title: str | None = None, ylabel: str | None = None) -> Path:
+    """Plot per-epoch losses: reconstruction (left) and KL (right), train solid, test dashed.
+
+    history: list of dicts like {"epoch", "train_recon", "train_kl", "test_recon", ...};
+    KL and test keys may be missing (autoencoder / no test set). Without recon keys the
+    total "train_loss"/"test_loss" is drawn instead.
+    """
+    _check_history(history)
+    has_kl = _has(history, "train_kl", "test_kl")
+    base = "recon" if _has(history, "train_recon", "test_recon") else "loss"
+    ylabel = ylabel or ("nats per image" if has_kl else
+                        "reconstruction loss per image" if base == "recon" else "loss per image")
+    panels = [(base, "reconstruction term" if base == "recon" else "loss")]
+    if has_kl:
+        panels.append(("kl", "KL term  KL(q(z|x) || p(z))"))
+    fig = _new_figure((4.6 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    marker = "o" if len(history) <= 40 else None
+    for ax, (key, panel_title) in zip(axes, panels):
+        seen: list[float] = []
+        for split, style in (("train", "-"), ("test", "--")):
+            epochs, values = _series(history, f"{split}_{key}")
+            if values:
+                ax.plot(epochs, values, style, marker=marker, markersize=4, label=split)
+                seen += epochs
+        _style_curve_axes(ax, panel_title, ylabel, seen)
+        ax.legend()
+    if len(panels) == 1:  # an autoencoder: one panel, one title
+        axes[0].set_title(title or "Training curves")
+    else:
+        fig.suptitle(title or "Training curves: reconstruction vs KL")
+    return _save(fig, path)
+
+
+def beta_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *,
+                title: str | None = None, split: str | None = None) -> Path:
+    """Compare runs {label: history}: reconstruction panel and KL panel, one line per run.
+
+    split: "train" or "test"; by default "test" when every run recorded it, else "train".
+    """
+    if not isinstance(histories, Mapping) or len(histories) == 0:
+        raise ValueError("histories must be a non-empty dict {run label: history}")
+    for label, hist in histories.items():
+        _check_history(hist, name=f"histories[{label!r}]")
+    if split is None:
+        split = "test" if all(_has(h, "test_recon", "test_loss") for h in histories.values()) else "train"
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    has_kl = any(_has(h, f"{split}_kl") for h in histories.values())
+    panels = [("recon", f"reconstruction term ({split})")]
+    if has_kl:
+        panels.append(("kl", f"KL term ({split})"))
+    fig = _new_figure((4.6 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, panel_title) in zip(axes, panels):
+        seen: list[float] = []
+        for label, hist in histories.items():
+            wanted = key if key == "kl" or _has(hist, f"{split}_recon") else "loss"
+            epochs, values = _series(hist, f"{split}_{wanted}")
+            ax.plot(epochs, values, marker="o" if len(values) <= 40 else None,
+                    markersize=4, label=label)
+            seen += epochs
+        _style_curve_axes(ax, panel_title, "nats per image", seen)
+    axes[-1].legend(title="run", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(title or "Reconstruction vs KL across runs")
+    return _save(fig, path)
+
+
+def latent_scatter(codes: Any, labels: Any, path: str | Path, *, title: str | None = None,
+                   ellipses: Sequence[tuple[Any, Any]] | None = None,
+                   class_names: Sequence[str] | None = None) -> Path:
+    """Scatter 2-D codes (N, 2) coloured by integer labels (N,), with a class legend.
+
+    ellipses: optional list of (mu (2,), sigma (2,)) drawn as axis-aligned mu +- 2 sigma
+    ellipses with their centres marked (e.g. the encoder's q(z|x) for a few images).
+    """
+    codes = np.asarray(codes, dtype=float)
+    labels = np.asarray(labels)
+    if codes.ndim != 2 or codes.shape[1] != 2:
+        raise ValueError(f"codes must have shape (N, 2), got {codes.shape}")
+    if labels.ndim != 1 or len(labels) != len(codes):
+        raise ValueError(f"labels must have shape (N,) = ({len(codes)},) to match codes, got {labels.shape}")
+    if len(codes) == 0 or not np.all(np.isfinite(codes)):
+        raise ValueError("codes must be non-empty and finite")
+    if labels.dtype.kind not in "biuf" or not np.all(np.mod(labels, 1) == 0):
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    labels = labels.astype(int)
+    classes = np.unique(labels)
+    if class_names is not None and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"class_names has {len(class_names)} names but labels go up to {labels.max()}")
+    pairs = [(np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float))
+             for mu, sigma in (ellipses or [])]
+    for i, (mu, sigma) in enumerate(pairs):
+        if mu.shape != (2,) or sigma.shape != (2,) or np.any(sigma < 0):
+            raise ValueError(f"ellipses[{i}] must be (mu (2,), sigma (2,)) with sigma >= 0, "
+                             f"got shapes {mu.shape}, {sigma.shape}")
+
+    fig = _new_figure((6.4, 5.4), layout="constrained")  # (raises the ImportError if needed)
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Ellipse
+    from matplotlib.ticker import MaxNLocator
+    ax = fig.add_subplot()
+    order = np.random.default_rng(0).permutation(len(codes))  # no class is painted last, on top
+    handles = []
+    if len(classes) <= 10:  # distinct tab10 colours, named in a legend
+        colour_of = {c: colormaps["tab10"](i) for i, c in enumerate(classes)}
+        ax.scatter(codes[order, 0], codes[order, 1], s=5, alpha=0.6, linewidths=0,
+                   c=[colour_of[c] for c in labels[order]])
+        handles = [Line2D([], [], linestyle="", marker="o", color=colour_of[c],
+                          label=class_names[c] if class_names is not None else str(c))
+                   for c in classes]
+    else:  # too many classes for distinct colours: a continuous colour bar
+        points = ax.scatter(codes[order, 0], codes[order, 1], s=5, alpha=0.6, linewidths=0,
+                            c=labels[order], cmap="viridis")
+        fig.colorbar(points, ax=ax, label="class", ticks=MaxNLocator(integer=True))
+    for mu, sigma in pairs:
+        ax.add_patch(Ellipse((mu[0], mu[1]), 4 * sigma[0], 4 * sigma[1], fill=False,
+                             edgecolor="black", linewidth=1.2))
+        ax.plot(mu[0], mu[1], "k+", markersize=9)
+    if pairs:
+        handles.append(Line2D([], [], linestyle="", marker="+", markersize=9, color="black",
+                              label="mu ± 2 sigma"))
+    if handles:
+        ax.legend(handles=handles, title="class" if len(classes) <= 10 else None,
+                  loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Latent codes")
+    return _save(fig, path)
+
+
+def bar_chart(values: Mapping[str, float], path: str | Path, *, title: str | None = None,
+              ylabel: str | None = None) -> Path:
+    """Draw {name: value} as labelled bars with each value printed on its bar."""
+    if not isinstance(values, Mapping) or len(values) == 0:
+        raise ValueError("values must be a non-empty dict {name: number}")
+    names = [str(k) for k in values]
+    numbers = np.asarray(list(values.values()), dtype=float)
+    if not np.all(np.isfinite(numbers)):
+        raise ValueError("values must all be finite numbers")
+    fig = _new_figure((max(4.0, 1.0 + 0.9 * len(names)), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(names, numbers, color=[f"C{i % 10}" for i in range(len(names))])
+    ax.bar_label(bars, labels=[f"{v:.4g}" for v in numbers], padding=2, fontsize=9)
+    ax.margins(y=0.15)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if any(len(n) > 10 for n in names):
+        ax.tick_params(axis="x", labelrotation=25)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "")
+    return _save(fig, path)
