@@ -70,10 +70,10 @@ class Dense(Layer):
         super().__init__()
         if d_in < 1 or d_out < 1:
             raise ValueError(f"Dense layer sizes must be positive, got ({d_in}, {d_out})")
-        fan = {"he": d_in, "glorot": (d_in + d_out) / 2}
-        if init not in fan:
+        variance = {"he": 2.0 / d_in, "glorot": 2.0 / (d_in + d_out)}
+        if init not in variance:
             raise ValueError(f"init must be 'he' or 'glorot', got {init!r}")
-        std = math.sqrt(2.0 / fan[init])
+        std = math.sqrt(variance[init])
         W = as_generator(rng).standard_normal((d_in, d_out)) * std
         self.params = {"W": W.astype(dtype), "b": np.zeros(d_out, dtype=dtype)}
         self.grads = {"W": np.zeros((d_in, d_out), dtype=dtype), "b": np.zeros(d_out, dtype=dtype)}
@@ -147,12 +147,12 @@ class Tanh(Layer):
 
 
 def sigmoid(x: Array) -> Array:
-    """Logistic function 1 / (1 + exp(-x)), written as 0.5 * (1 + tanh(x / 2)).
+    """Logistic function 1 / (1 + exp(-x)), computed as exp(-softplus(-x)).
 
-    The tanh form is exact, never overflows (exp(-x) would for x < -89 in float32), and keeps
-    the dtype of x.
+    logaddexp(0, -x) = log(1 + exp(-x)) never overflows, and the result keeps its relative
+    precision for very negative x (sigmoid(-40) = 4.2e-18, not 0), in x's dtype.
     """
-    return 0.5 * (1 + np.tanh(0.5 * x))
+    return np.exp(-np.logaddexp(0, -x))
 
 
 class Sigmoid(Layer):

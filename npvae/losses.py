@@ -80,9 +80,11 @@ RECONSTRUCTION_PER_EXAMPLE = {"l2": l2_per_example, "bernoulli": bernoulli_per_e
 def kl_per_example(mu: Array, logvar: Array) -> Array:
     """KL(N(mu, exp(logvar)) || N(0, I)) = -0.5 * sum_z (1 + logvar - mu^2 - exp(logvar)).
 
-    mu, logvar: (N, Z) -> (N,).
+    mu, logvar: (N, Z) -> (N,). Computed as 0.5 * sum_z (mu^2 + (exp(logvar) - 1) - logvar) with
+    expm1, which is exact near logvar = 0 where the textbook form cancels (and can dip below 0).
+    Each term is >= 0 since e^t - 1 >= t.
     """
-    return -0.5 * np.sum(1 + logvar - mu * mu - np.exp(logvar), axis=1)
+    return 0.5 * np.sum(mu * mu + np.expm1(logvar) - logvar, axis=1)
 
 
 def kl_standard_normal(mu: Array, logvar: Array) -> tuple[float, Array, Array]:
@@ -93,9 +95,9 @@ def kl_standard_normal(mu: Array, logvar: Array) -> tuple[float, Array, Array]:
     # d/dmu     [-0.5 (1 + lv - mu^2 - e^lv)] = mu
     # d/dlogvar [-0.5 (1 + lv - mu^2 - e^lv)] = 0.5 (e^lv - 1)      each divided by N.
     n = mu.shape[0]
-    var = np.exp(logvar)
-    kl = -0.5 * np.sum(1 + logvar - mu * mu - var) / n
-    return float(kl), mu * (1 / n), (var - 1) * (0.5 / n)
+    var_minus_1 = np.expm1(logvar)
+    kl = 0.5 * np.sum(mu * mu + var_minus_1 - logvar) / n
+    return float(kl), mu * (1 / n), var_minus_1 * (0.5 / n)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,14 +34,21 @@ class Optimizer:
 
     def step(self, grads: dict[str, Array]) -> None:
         """Update the parameters in place from gradients with the same keys as `params`."""
-        if grads.keys() != self.params.keys():
-            raise ValueError(f"gradient names {sorted(grads)} differ from parameter names {sorted(self.params)}")
+        # The update works on flat buffers, so the gradients must be laid out exactly like the
+        # parameters: same names, same order, same shapes.
+        if list(grads) != list(self.params):
+            raise ValueError(f"gradient names {list(grads)} differ from parameter names {list(self.params)} "
+                             f"(or their order)")
+        for k, p in self.params.items():
+            if grads[k].shape != p.shape:
+                raise ValueError(f"gradient {k!r} has shape {grads[k].shape}, parameter has {p.shape}")
         self._update(flat_buffer(grads))
 
     def _update(self, g: Array) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Array]:
+        """A copy of the optimizer's state (arrays), for a checkpoint."""
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
@@ -81,7 +88,7 @@ class SGD(Optimizer):
         self.flat -= self._tmp
 
     def state_dict(self) -> dict[str, Array]:
-        return {"velocity": self.velocity}
+        return {"velocity": self.velocity.copy()}
 
 
 class Adam(Optimizer):
@@ -127,7 +134,7 @@ class Adam(Optimizer):
         self.flat -= tmp
 
     def state_dict(self) -> dict[str, Array]:
-        return {"t": np.array(self.t, dtype=np.int64), "m": self.m, "v": self.v}
+        return {"t": np.array(self.t, dtype=np.int64), "m": self.m.copy(), "v": self.v.copy()}
 
     def _set_state(self, key: str, value: Array) -> None:
         if key == "t":

@@ -1,0 +1,262 @@
+"""Tests for npvae.optim: SGD with momentum and Adam against steps computed by hand, state round
+trips, the flat-buffer requirement, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from npvae.layers import pack
+from npvae.optim import SGD, Adam, make_optimizer
+
+FAST = settings(max_examples=40, deadline=None, database=None)
+
+
+def make_params(dtype=np.float64):
+    """p0 = a [1, -2], b [[0.5]], packed into one flat buffer (a first)."""
+    _, params = pack({"a": np.array([1.0, -2.0], dtype=dtype), "b": np.array([[0.5]], dtype=dtype)})
+    return params
+
+
+def make_grads(a, b, dtype=np.float64):
+    _, grads = pack({"a": np.array(a, dtype=dtype), "b": np.array([[b]], dtype=dtype)})
+    return grads
+
+
+def flat(params):
+    return np.concatenate([v.ravel() for v in params.values()])
+
+
+# --------------------------------------------------------------------------------------------
+# Steps by hand
+# --------------------------------------------------------------------------------------------
+
+
+def test_sgd_momentum_two_steps_by_hand():
+    params = make_params()
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    # step 1: v = g1 = [1, 2, -1];  p = [1, -2, 0.5] - 0.1 * [1, 2, -1] = [0.9, -2.2, 0.6]
+    opt.step(make_grads([1.0, 2.0], -1.0))
+    np.testing.assert_allclose(flat(params), [0.9, -2.2, 0.6], rtol=1e-15)
+    # step 2: v = 0.9 * [1, 2, -1] + [0.5, 0, 1] = [1.4, 1.8, 0.1]
+    #         p = [0.9, -2.2, 0.6] - 0.1 * [1.4, 1.8, 0.1] = [0.76, -2.38, 0.59]
+    opt.step(make_grads([0.5, 0.0], 1.0))
+    np.testing.assert_allclose(opt.velocity, [1.4, 1.8, 0.1], rtol=1e-15)
+    np.testing.assert_allclose(flat(params), [0.76, -2.38, 0.59], rtol=1e-14)
+    assert params["b"].shape == (1, 1)
+
+
+def test_adam_two_steps_by_hand():
+    lr, eps = 0.1, 1e-8
+    g = np.array([0.1, -0.2, 3.0])
+    params = make_params()
+    opt = Adam(params, lr=lr, betas=(0.9, 0.999), eps=eps)
+    # step 1: m = 0.1 g, v = 0.001 g^2; bias correction: m_hat = m / (1 - 0.9) = g,
+    #         v_hat = v / (1 - 0.999) = g^2, so p -= lr * g / (|g| + eps)  (about lr * sign g)
+    opt.step(make_grads(g[:2], g[2]))
+    p1 = np.array([1.0, -2.0, 0.5]) - lr * g / (np.abs(g) + eps)
+    np.testing.assert_allclose(flat(params), p1, rtol=1e-12)
+    np.testing.assert_allclose(flat(params), [0.9, -1.9, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(opt.m, 0.1 * g, rtol=1e-12)
+    np.testing.assert_allclose(opt.v, 0.001 * g * g, rtol=1e-12)
+    # step 2 with the opposite gradient -g:
+    #   m = 0.9 * 0.1 g + 0.1 * (-g) = -0.01 g;          bias 1 - 0.9^2 = 0.19   -> m_hat = -g / 19
+    #   v = 0.999 * 0.001 g^2 + 0.001 g^2 = 0.001999 g^2; bias 1 - 0.999^2 = 0.001999 -> v_hat = g^2
+    #   p -= lr * (-g / 19) / (|g| + eps)                 (about lr / 19 * sign g, backwards)
+    opt.step(make_grads(-g[:2], -g[2]))
+    p2 = p1 - lr * (-g / 19) / (np.abs(g) + eps)
+    np.testing.assert_allclose(flat(params), p2, rtol=1e-12)
+    assert opt.t == 2
+
+
+def test_adam_constant_gradient_moves_lr_every_step():
+    # With a constant g: m = (1 - 0.9^t) g and v = (1 - 0.999^t) g^2, so m_hat = g and v_hat = g^2
+    # at every t: each step is lr * g / (|g| + eps).
+    params = make_params()
+    opt = Adam(params, lr=0.01)
+    g = np.array([4.0, -0.5, 1e-3])
+    for t in range(1, 6):
+        opt.step(make_grads(g[:2], g[2]))
+        np.testing.assert_allclose(flat(params), np.array([1.0, -2.0, 0.5]) - t * 0.01 * g / (np.abs(g) + 1e-8),
+                                   rtol=1e-10)
+
+
+@FAST
+@given(g=hnp.arrays(np.float64, 3, elements=st.floats(1e-3, 1e3) | st.floats(-1e3, -1e-3)),
+       lr=st.floats(1e-4, 1.0))
+def test_adam_first_step_is_lr_times_sign_whatever_the_gradient_scale(g, lr):
+    params = make_params()
+    opt = Adam(params, lr=lr)
+    opt.step(make_grads(g[:2], g[2]))
+    step = np.array([1.0, -2.0, 0.5]) - flat(params)
+    np.testing.assert_allclose(step, lr * np.sign(g), rtol=1e-4)
+
+
+@FAST
+@given(g=hnp.arrays(np.float64, 3, elements=st.floats(-10, 10)), lr=st.floats(1e-3, 1.0))
+def test_sgd_without_momentum_is_plain_gradient_descent(g, lr):
+    params = make_params()
+    opt = SGD(params, lr=lr, momentum=0.0)
+    opt.step(make_grads(g[:2], g[2]))
+    np.testing.assert_allclose(flat(params), np.array([1.0, -2.0, 0.5]) - lr * g, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_zero_gradient_moves_nothing_on_the_first_step(cls):
+    params = make_params()
+    cls(params, lr=0.1).step(make_grads([0.0, 0.0], 0.0))
+    np.testing.assert_array_equal(flat(params), [1.0, -2.0, 0.5])
+
+
+# --------------------------------------------------------------------------------------------
+# State round trip
+# --------------------------------------------------------------------------------------------
+
+
+def _grad_sequence(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(2), float(rng.standard_normal())) for _ in range(n)]
+
+
+@pytest.mark.parametrize("cls, kwargs", [(SGD, {"lr": 0.05, "momentum": 0.9}), (Adam, {"lr": 0.05})])
+def test_state_dict_round_trip_continues_identically(cls, kwargs):
+    seq = _grad_sequence(8)
+    params = make_params()
+    opt = cls(params, **kwargs)
+    for a, b in seq[:4]:
+        opt.step(make_grads(a, b))
+    # save (as a checkpoint would: copies) ...
+    saved_state = {k: np.array(v, copy=True) for k, v in opt.state_dict().items()}
+    saved_params = {k: v.copy() for k, v in params.items()}
+    for a, b in seq[4:]:
+        opt.step(make_grads(a, b))
+    # ... and resume in a fresh optimizer on fresh parameters
+    _, resumed_params = pack(saved_params)
+    resumed = cls(resumed_params, **kwargs)
+    resumed.load_state_dict(saved_state)
+    for a, b in seq[4:]:
+        resumed.step(make_grads(a, b))
+    np.testing.assert_array_equal(flat(resumed_params), flat(params))
+    for k, v in opt.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[k], v, err_msg=k)
+    # a fresh optimizer without the state does NOT continue identically (the state matters)
+    _, fresh_params = pack(saved_params)
+    fresh = cls(fresh_params, **kwargs)
+    for a, b in seq[4:]:
+        fresh.step(make_grads(a, b))
+    assert not np.array_equal(flat(fresh_params), flat(params))
+
+
+def test_adam_state_dict_contents():
+    params = make_params(np.float32)
+    opt = Adam(params, lr=0.1)
+    opt.step(make_grads([1.0, 2.0], 3.0, np.float32))
+    state = opt.state_dict()
+    assert set(state) == {"t", "m", "v"}
+    assert int(state["t"]) == 1 and state["m"].shape == state["v"].shape == (3,)
+    assert state["m"].dtype == state["v"].dtype == np.float32
+    assert set(SGD(make_params(), lr=0.1).state_dict()) == {"velocity"}
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_load_state_dict_rejects_wrong_keys_and_shapes(cls):
+    opt = cls(make_params(), lr=0.1)
+    state = {k: np.array(v, copy=True) for k, v in opt.state_dict().items()}
+    with pytest.raises(ValueError, match="keys"):
+        opt.load_state_dict({**state, "extra": np.zeros(3)})
+    key = "velocity" if cls is SGD else "m"
+    with pytest.raises(ValueError, match=r"\(4,\).*\(3,\)"):
+        opt.load_state_dict({**state, key: np.zeros(4)})
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and the flat buffer
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_step_with_mismatched_gradient_names_raises(cls):
+    params = make_params()
+    opt = cls(params, lr=0.1)
+    _, missing = pack({"a": np.zeros(2)})
+    _, renamed = pack({"a": np.zeros(2), "c": np.zeros((1, 1))})
+    _, extra = pack({"a": np.zeros(2), "b": np.zeros((1, 1)), "c": np.zeros(1)})
+    for grads in (missing, renamed, extra):
+        with pytest.raises(ValueError, match="differ"):
+            opt.step(grads)
+    np.testing.assert_array_equal(flat(params), [1.0, -2.0, 0.5])     # nothing was applied
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_step_never_applies_a_gradient_to_the_wrong_parameter(cls):
+    """Gradients with the right names but another layout (order or shapes) in their flat buffer
+    must either be applied by name or be refused: never added to other parameters."""
+    _, params = pack({"a": np.array([1.0, 2.0]), "b": np.array([10.0, 20.0, 30.0])})
+    _, reference_params = pack({"a": np.array([1.0, 2.0]), "b": np.array([10.0, 20.0, 30.0])})
+    # grads packed b first: flat = [gb, ga] (opposite signs, so even Adam's sign-like first step shows it)
+    _, reordered = pack({"b": np.array([1.0, 1.0, 1.0]), "a": np.array([-100.0, -100.0])})
+    _, in_order = pack({"a": np.array([-100.0, -100.0]), "b": np.array([1.0, 1.0, 1.0])})
+    cls(reference_params, lr=0.1).step(in_order)
+    opt = cls(params, lr=0.1)
+    try:
+        opt.step(reordered)
+    except ValueError:
+        np.testing.assert_array_equal(params["a"], [1.0, 2.0])        # refused, nothing applied
+    else:
+        for k in params:
+            np.testing.assert_allclose(params[k], reference_params[k], err_msg=f"{k} got another parameter's gradient")
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_step_rejects_gradients_with_other_shapes(cls):
+    # same names and the same total size, but each array has the other's shape
+    _, params = pack({"a": np.array([1.0, 2.0]), "b": np.array([10.0, 20.0, 30.0])})
+    _, wrong_shapes = pack({"a": np.ones(3), "b": np.ones(2)})
+    with pytest.raises(ValueError, match="shape"):
+        cls(params, lr=0.1).step(wrong_shapes)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_params_must_be_views_of_one_flat_buffer(cls):
+    with pytest.raises(ValueError, match="flat buffer"):
+        cls({"a": np.zeros(2), "b": np.zeros(3)}, lr=0.1)
+    opt = cls(make_params(), lr=0.1)
+    with pytest.raises(ValueError, match="flat buffer"):
+        opt.step({"a": np.zeros(2), "b": np.zeros((1, 1))})          # gradients too
+
+
+def test_constructor_argument_errors():
+    for lr in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="learning rate"):
+            Adam(make_params(), lr=lr)
+    with pytest.raises(ValueError, match="momentum"):
+        SGD(make_params(), lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="betas"):
+        Adam(make_params(), lr=0.1, betas=(0.9, 1.0))
+
+
+def test_make_optimizer():
+    assert type(make_optimizer("adam", make_params(), 1e-3)) is Adam
+    sgd = make_optimizer("sgd", make_params(), 0.5)
+    assert type(sgd) is SGD and sgd.lr == 0.5
+    with pytest.raises(ValueError, match="rmsprop"):
+        make_optimizer("rmsprop", make_params(), 1e-3)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_updates_are_in_place_and_keep_float32(cls):
+    params = make_params(np.float32)
+    arrays = dict(params)
+    opt = cls(params, lr=0.1)
+    for _ in range(3):
+        opt.step(make_grads([0.3, -0.7], 0.2, np.float32))
+    for k, v in params.items():
+        assert v is arrays[k] and v.dtype == np.float32
+    assert opt.flat.dtype == np.float32
+    for k, v in opt.state_dict().items():
+        if k != "t":
+            assert v.dtype == np.float32, k
+    assert not np.array_equal(flat(params), np.float32([1.0, -2.0, 0.5]))
