@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import DEFAULTS
+from .runs import DEFAULTS, PRESETS
 
 
 def _positive_int(text: str) -> int:
@@ -26,6 +26,9 @@ def _positive_int(text: str) -> int:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     # Every default is None here, so that we can tell which options were given (see _given).
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
+                        "(options given as well override it)")
     p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
     p.add_argument("--likelihood", choices=["l2", "bernoulli"],
                    help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
@@ -77,7 +80,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         print("npvae train: --resume needs --out RUN_FOLDER (the run to continue)", file=sys.stderr)
         return 2
-    cfg = {**DEFAULTS, **given, "_given": sorted(given)}
+    preset = PRESETS[args.preset] if args.preset else {}
+    if args.preset:
+        given["preset"] = args.preset
+    cfg = {**DEFAULTS, **preset, **given, "_given": sorted(given)}
     try:
         train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures)
     except KeyboardInterrupt:

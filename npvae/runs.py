@@ -26,8 +26,8 @@ import numpy as np
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .data import load_mnist_uint8
 from .models import VAE, Autoencoder, build_model
-from .optim import make_optimizer
-from .train import Progress, TrainingDiverged, fit
+from .optim import Adam, make_optimizer
+from .train import Progress, TrainingDiverged, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -37,7 +37,17 @@ DEFAULTS: dict = {
     "model": "vae", "likelihood": "l2", "hidden": [400], "latent": 20, "activation": "relu",
     "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
     "clip": None, "seed": 0, "dtype": "float32", "data_dir": None, "binarize": "none",
-    "train_size": None, "test_size": None,
+    "train_size": None, "test_size": None, "schedule": "constant", "adam_eps": 1e-8, "preset": None,
+}
+
+# Named settings. "iwae-mnist" is the one-stochastic-layer VAE of Burda, Grosse and
+# Salakhutdinov, "Importance Weighted Autoencoders" (2015): 784-200-200-50 with tanh, Bernoulli
+# likelihood on dynamically binarized MNIST, Adam (eps 1e-4), batch 20, and their schedule of
+# 3280 epochs (`--epochs 3280`); by default only its first four stages, 1 + 3 + 9 + 27 = 40 epochs.
+PRESETS: dict[str, dict] = {
+    "iwae-mnist": {"model": "vae", "likelihood": "bernoulli", "hidden": [200, 200], "latent": 50,
+                   "activation": "tanh", "binarize": "dynamic", "batch_size": 20, "lr": 1e-3,
+                   "schedule": "iwae", "adam_eps": 1e-4, "epochs": 40},
 }
 # Settings a resumed run may change: the epoch to train up to, and the remedies for a diverging
 # run (a lower learning rate, gradient clipping). Every other setting must match the run's.
@@ -46,6 +56,8 @@ CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip")
 
 def run_name(cfg: dict) -> str:
     """A folder name that tells the settings apart, e.g. "vae-l2-h400-z20"."""
+    if cfg.get("preset"):
+        return cfg["preset"] + (f"-seed{cfg['seed']}" if cfg["seed"] else "")
     name = f"{cfg['model']}-{cfg['likelihood']}-h{'x'.join(map(str, cfg['hidden']))}-z{cfg['latent']}"
     if cfg["model"] == "vae" and cfg["beta"] != 1:
         name += f"-beta{cfg['beta']:g}"
@@ -64,6 +76,12 @@ def model_config(cfg: dict) -> dict:
     return {"model": cfg["model"], "input_dim": 784, "hidden_dims": list(cfg["hidden"]),
             "latent_dim": cfg["latent"], "likelihood": cfg["likelihood"], "beta": cfg["beta"],
             "activation": cfg["activation"], "dtype": cfg["dtype"]}
+
+
+def make_run_optimizer(cfg: dict, model):
+    if cfg["optimizer"] == "adam":
+        return Adam(model.params, lr=cfg["lr"], eps=cfg["adam_eps"])
+    return make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
 
 
 def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,7 +233,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
             raise ValueError(f"cannot resume {out} with different settings: "
                              + ", ".join(f"{k}={cfg[k]!r} (the run has {saved[k]!r})" for k in differ))
         cfg = {**saved, **{k: cfg[k] for k in CHANGEABLE_ON_RESUME if k in given}}
-        optimizer = make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
+        optimizer = make_run_optimizer(cfg, model)
         optimizer.load_state_dict(ckpt.optimizer_state)
         data_rng = np.random.default_rng(seeds[1])
         data_rng.bit_generator.state = ckpt.rng_state["data"]
@@ -226,7 +244,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
             raise FileExistsError(f"{out} already holds a run. Continue it with --resume (and --epochs N "
                                   f"for more epochs), choose another folder with --out, or pass --overwrite.")
         model = build_model(model_config(cfg), rng=np.random.default_rng(seeds[0]))
-        optimizer = make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
+        optimizer = make_run_optimizer(cfg, model)
         data_rng = np.random.default_rng(seeds[1])
         history = []
     cfg.pop("_given", None)
@@ -246,6 +264,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         history = fit(model, optimizer, x_train, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                       rng=data_rng, eval_images=x_test, beta=cfg["beta"], warmup=cfg["warmup"],
                       clip=cfg["clip"], binarization=cfg["binarize"], history=history,
+                      lr_schedule=(lambda e: iwae_lr(e, cfg["lr"])) if cfg["schedule"] == "iwae" else None,
                       eval_seed=cfg["seed"], on_epoch_end=save, progress=Progress(stream), log=stream)
     except KeyboardInterrupt:
         done = len(load_checkpoint(ckpt_path).history)

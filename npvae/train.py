@@ -48,6 +48,16 @@ def beta_at(epoch: int, beta: float, warmup: int) -> float:
     return beta * min(1.0, (epoch - 1) / warmup)
 
 
+def iwae_lr(epoch: int, lr: float = 1e-3) -> float:
+    """The learning-rate schedule of Burda et al. (2015): stage i = 0..7 lasts 3^i epochs at
+    lr * 10^(-i/7), 3280 epochs in all. Epochs past the last stage stay at the last rate."""
+    stage, end = 0, 1
+    while epoch > end and stage < 7:
+        stage += 1
+        end += 3 ** stage
+    return lr * 10 ** (-stage / 7)
+
+
 def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = None) -> Array:
     """images[idx] as `dtype` in [0, 1]: uint8 pixels are divided by 255. Returns (len(idx), D).
 
@@ -142,6 +152,7 @@ def format_epoch(row: dict) -> str:
 def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int, batch_size: int = 128,
         rng: np.random.Generator, eval_images: Array | None = None, beta: float | None = None,
         warmup: int = 0, clip: float | None = None, binarization: str = "none",
+        lr_schedule: Callable[[int], float] | None = None,
         history: list[dict] | None = None, eval_seed: int = 0,
         on_epoch_end: Callable[[list[dict]], None] | None = None,
         progress: Progress | None = None, log: TextIO | None = None) -> list[dict]:
@@ -150,7 +161,8 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     train_images: (N, D), uint8 or float in [0, 1]. eval_images: (M, D), evaluated after every
     epoch (with a draw of eps seeded from `eval_seed` and the epoch, so a resumed run evaluates
     exactly like an uninterrupted one). rng: the generator for shuffling and dynamic
-    binarization. history: the rows of epochs already done (to resume); training continues
+    binarization. lr_schedule(epoch) gives the learning rate of each 1-based epoch (default: the
+    optimizer's). history: the rows of epochs already done (to resume); training continues
     from epoch len(history) + 1. on_epoch_end(history) runs after each epoch (to checkpoint).
 
     Each history row holds epoch, train_loss, train_recon, [train_kl], test_loss, test_recon,
@@ -173,6 +185,8 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
         start = time.perf_counter()
         if is_vae:
             model.beta = beta_at(epoch, full_beta, warmup)
+        if lr_schedule is not None:
+            optimizer.lr = lr_schedule(epoch)
         totals, seen = {"loss": 0.0, "recon": 0.0, "kl": 0.0}, 0
         for b, idx in enumerate(minibatch_indices(n, batch_size, rng), start=1):
             x = to_batch(train_images, idx, model.dtype, out=batch)

@@ -263,3 +263,25 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     assert done >= 1
     assert main(["train", "--out", str(out), "--resume", "--epochs", str(done + 1), "--no-figures"]) == 0
     assert load_checkpoint(out / "checkpoint.npz").epoch == done + 1
+
+
+def test_iwae_schedule_stages():
+    from npvae.train import iwae_lr
+    # stage i lasts 3^i epochs at 1e-3 * 10^(-i/7): epochs 1 | 2-4 | 5-13 | 14-40 | ... | 1094-3280
+    assert iwae_lr(1) == pytest.approx(1e-3)
+    assert iwae_lr(2) == iwae_lr(4) == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert iwae_lr(5) == iwae_lr(13) == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    assert iwae_lr(40) == pytest.approx(1e-3 * 10 ** (-3 / 7)) and iwae_lr(41) < iwae_lr(40)
+    assert iwae_lr(3280) == iwae_lr(5000) == pytest.approx(1e-4)
+
+
+def test_iwae_preset_sets_the_papers_model_and_schedule(tmp_path):
+    out = tmp_path / "iwae"
+    assert main(["train", "--preset", "iwae-mnist", "--train-size", "100", "--test-size", "50", "--epochs", "2",
+                 "--out", str(out), "--no-figures"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["hidden"], cfg["latent"], cfg["activation"], cfg["likelihood"], cfg["binarize"], cfg["batch_size"],
+            cfg["adam_eps"]) == ([200, 200], 50, "tanh", "bernoulli", "dynamic", 20, 1e-4)
+    history = json.loads((out / "history.json").read_text())
+    assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
+    assert runs.run_name(cfg) == "iwae-mnist"
