@@ -4,6 +4,7 @@
     npvae sample RUN                 a grid of samples from a saved run
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
+    npvae evaluate RUN               test ELBO, IWAE log-likelihood, active units, sample quality
     npvae gradcheck                  check every hand-written gradient
 """
 
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
         p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    from . import evaluate
+    evaluate.add_arguments(sub.add_parser("evaluate", help="test ELBO, importance-weighted log-likelihood, "
+                                                            "active units and sample quality of a run"))
     sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
     return parser
 
@@ -126,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command in ("sample", "reconstruct", "interpolate"):
         return _figure(args)
+    if args.command == "evaluate":
+        from . import evaluate
+        return evaluate.run(args)
     if args.command == "gradcheck":
         from .gradcheck import main as gradcheck_main
         return gradcheck_main()

@@ -1,0 +1,878 @@
+"""Evaluation of a trained autoencoder or VAE: ELBO, importance-weighted log-likelihood, active
+units, and a digit classifier's view of reconstructions and samples.
+
+    npvae evaluate RUN [--k 5000] [--split test] [--draws 10] [--seed 0] [--no-classifier]
+
+prints a table and writes ``eval.json`` into the run folder. Every figure is per image, in nats,
+and positive where it is a loss: ``neg_elbo``, ``recon``, ``kl``, ``nll_iwae``.
+
+What is measured
+----------------
+* The negative ELBO, -E_q[log p(x|z)] + KL(q(z|x) || N(0, I)), with its two parts, averaged over
+  ``n_draws`` draws of eps per image (default 10); the KL is the exact Gaussian formula. The KL
+  weight is always 1 here, whatever beta the model was trained with: this is the ELBO itself.
+  ``recon_at_mu`` is the deterministic reconstruction error when z = mu (no noise).
+* The importance-weighted estimate of log p(x) (Burda, Grosse and Salakhutdinov, 2015):
+
+      log p(x)  >=  log (1/K) sum_k p(x, z_k) / q(z_k | x),      z_k ~ q(z | x),
+
+  computed in float64 with a log-sum-exp, from K draws per image decoded in chunks of about
+  ``chunk_rows`` rows (so K = 5000 over 10,000 images needs ~20 MB). K = 1 is the one-draw
+  ELBO; the bound tightens as K grows. ``nll_iwae`` is minus this estimate.
+* Active units (Burda et al.): the latent dimensions u whose variance across the data of
+  E[z_u | x] = mu_u exceeds 0.01.
+* With a digit classifier (an MLP trained once on MNIST with npvae's own layers, cached on
+  disk): its accuracy on reconstructions of the images, and, for decodes of z ~ N(0, I), its
+  mean confidence (max softmax probability) and the entropy of the predicted-class histogram
+  (log 10 = 2.303 nats when all ten digits are equally frequent).
+
+Which density the NLL refers to
+-------------------------------
+* Bernoulli likelihood: -log p(x|z) = sum_d BCE(x_d, x_hat_d), the standard MNIST NLL in nats.
+  It is a proper log-probability for binary pixels (``--binarize static`` or ``dynamic``);
+  for continuous pixels the Bernoulli "density" is not normalised over [0, 1], so the figure
+  is only comparable with other continuous-Bernoulli figures.
+* L2 likelihood: the training loss sum_d (x_d - x_hat_d)^2 is the negative log of the Gaussian
+  density N(x; x_hat, sigma^2 I) with sigma^2 = 1/2 (so 1 / (2 sigma^2) = 1), up to its
+  normalising constant:
+
+      -log N(x; x_hat, I/2) = sum_d (x_d - x_hat_d)^2 + (D/2) log(2 pi sigma^2)
+                            = L2 + (D/2) log(pi)          (= L2 + 448.734 nats for D = 784).
+
+  ``neg_elbo``, ``recon`` and ``recon_at_mu`` are reported as the training loss writes them
+  (without the constant, comparable with history.csv); ``nll_constant`` is (D/2) log(pi),
+  ``neg_elbo_density`` = ``neg_elbo`` + ``nll_constant`` is the bound under that density, and
+  ``nll_iwae`` is under that density, constant included. It is a density on R^D, so it is not
+  comparable with a Bernoulli NLL.
+* An autoencoder has no encoder distribution and no prior: ELBO, IWAE and active units do not
+  apply (reported as null); only the reconstruction error and the classifier figures are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from . import losses
+from .data import binarize, cache_root, load_mnist_uint8
+from .layers import Dense, ReLU, Sequential, as_generator, mlp, pack_layers
+from .models import VAE, Autoencoder
+from .optim import Adam
+
+Array = np.ndarray
+Model = Autoencoder | VAE
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+DEFAULT_DRAWS = 10              # draws of eps per image for the ELBO
+DEFAULT_K = 5000                # importance samples per image for the IWAE bound
+DEFAULT_CHUNK_ROWS = 5000       # decoded rows per chunk in the IWAE pass (5000 x 784 float32 = 16 MB)
+DYNAMIC_BINARIZATION_SEED = 0   # the one fixed stochastic binarization of the evaluation images
+LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress lines
+# --------------------------------------------------------------------------------------------
+
+
+def _stream(progress: bool | TextIO | None) -> TextIO | None:
+    """progress=True: stderr; False/None: silent; a stream: that stream."""
+    if progress is True:
+        return sys.stderr
+    if not progress:
+        return None
+    return progress
+
+
+class _Ticker:
+    """Writes a line at every ~10% of `total` units of work, with the elapsed time and an ETA."""
+
+    def __init__(self, what: str, total: int, stream: TextIO | None, unit: str = "images") -> None:
+        self.what, self.total, self.stream, self.unit = what, max(1, total), stream, unit
+        self.start = time.perf_counter()
+        self.next_tenth = 1
+
+    def update(self, done: int, extra: str = "") -> None:
+        if self.stream is None or done * 10 < self.next_tenth * self.total:
+            return
+        while done * 10 >= self.next_tenth * self.total:
+            self.next_tenth += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / max(done, 1) * (self.total - done)
+        self.stream.write(f"  {self.what}: {done:,}/{self.total:,} {self.unit} ({100 * done / self.total:3.0f}%), "
+                          f"{elapsed:.1f} s, ~{left:.0f} s left{extra}\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Likelihood helpers
+# --------------------------------------------------------------------------------------------
+
+
+def nll_constant(likelihood: str, input_dim: int) -> float:
+    """The nats to add to the training reconstruction loss to make it a negative log-density.
+
+    Bernoulli: 0 (the binary cross-entropy is already -log p(x|z)).
+    L2: (D/2) log(pi), the normalising constant of N(x; x_hat, I/2), whose negative log is
+    sum (x - x_hat)^2 + (D/2) log(2 pi * 1/2). For D = 784 this is 448.734 nats.
+    """
+    if likelihood == "bernoulli":
+        return 0.0
+    if likelihood == "l2":
+        return 0.5 * input_dim * math.log(math.pi)
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def _recon_rows(likelihood: str, logits: Array, x: Array) -> Array:
+    """The training reconstruction loss of each decoded sample against its image.
+
+    logits: (B, K, D) in the model's dtype; x: (B, D). Returns (B, K) float64 (no constant).
+    Same formulas as npvae.losses.*_per_example, arranged so that x is broadcast over the K
+    samples of each image instead of copied, and with few passes over the (B, K, D) block.
+    """
+    if likelihood == "l2":
+        # x - sigmoid(l) = x - (1 + tanh(l/2)) / 2 = ((2x - 1) - tanh(l/2)) / 2
+        t = np.multiply(logits, logits.dtype.type(0.5))
+        np.tanh(t, out=t)
+        np.subtract(t, (2 * x - 1)[:, None, :], out=t)
+        return np.einsum("bkd,bkd->bk", t, t).astype(np.float64) * 0.25
+    if likelihood == "bernoulli":
+        # softplus(l) - x l = max(l, 0) - x l + log(1 + exp(-|l|)), stable for any l
+        per_pixel = np.maximum(logits, 0) - x[:, None, :] * logits + np.log1p(np.exp(-np.abs(logits)))
+        return per_pixel.sum(axis=2, dtype=np.float64)
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def _decode_logits(model: Model, z: Array) -> Array:
+    """decoder(z) without the caches a backward pass needs: in-place bias adds and ReLUs. (N, D)."""
+    h = z
+    for layer in model.decoder.layers:
+        if isinstance(layer, Dense):
+            h = h @ layer.params["W"]
+            h += layer.params["b"]
+        elif isinstance(layer, ReLU):
+            np.maximum(h, 0, out=h)
+        else:
+            h = layer.forward(h)
+    return h
+
+
+def _encode64(model: VAE, x: Array) -> tuple[Array, Array]:
+    mu, logvar = model.encode(x)
+    return mu.astype(np.float64), logvar.astype(np.float64)
+
+
+def _sample_terms(model: VAE, x: Array, mu: Array, logvar: Array, eps: Array) -> tuple[Array, Array]:
+    """For K draws per image: the reconstruction loss and log p(z) - log q(z|x).
+
+    x: (B, D) model dtype; mu, logvar: (B, Z) float64; eps: (B, K, Z) float64.
+    Returns (recon (B, K), log_pz_minus_log_qz (B, K)), float64; recon has no constant.
+    """
+    b, k, z_dim = eps.shape
+    z = mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps                 # (B, K, Z) float64
+    logits = _decode_logits(model, z.reshape(b * k, z_dim).astype(model.dtype))  # decoded in the model's dtype
+    recon = _recon_rows(model.likelihood, logits.reshape(b, k, -1), x)
+    # log N(z; 0, I) - log N(z; mu, sigma^2 I) with z = mu + sigma eps: the 2 pi terms cancel.
+    log_ratio = 0.5 * (np.einsum("bkz,bkz->bk", eps, eps) - np.einsum("bkz,bkz->bk", z, z)) \
+        + 0.5 * logvar.sum(axis=1)[:, None]
+    return recon, log_ratio
+
+
+def logmeanexp(a: Array, axis: int = -1) -> Array:
+    """log(mean(exp(a))) along an axis without overflow or underflow: max + log mean exp(a - max).
+
+    Finite whenever some entry along the axis is finite; -inf if all are -inf.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):        # log(0) = -inf when every entry is -inf
+        out = m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))
+    return np.squeeze(out, axis=axis)
+
+
+def _check_eps(eps: Array | None, n: int, k: int, z: int, name: str) -> Array | None:
+    if eps is None:
+        return None
+    eps = np.asarray(eps, dtype=np.float64)
+    if eps.shape != (n, k, z):
+        raise ValueError(f"{name} must have shape (N, K, Z) = ({n}, {k}, {z}), got {eps.shape}")
+    return eps
+
+
+def _require_vae(model, what: str) -> None:
+    if not isinstance(model, VAE):
+        raise TypeError(f"{what} needs a VAE (an encoder distribution q(z|x) and a prior); "
+                        f"got {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# ELBO and its parts
+# --------------------------------------------------------------------------------------------
+
+
+def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
+                     rng: np.random.Generator | int | None = None, batch_size: int = 500,
+                     eps: Array | None = None, kl_estimator: str = "analytic") -> dict[str, Array]:
+    """Per-image negative ELBO and its parts, averaged over n_draws draws of eps. x: (N, D).
+
+    eps: (N, n_draws, Z) injects the draws (else they come from `rng`, in batches of images).
+    kl_estimator: "analytic" (the exact Gaussian KL, lower variance: the default) or "sampled"
+    (log q(z|x) - log p(z) at the drawn z, so that neg_elbo equals -log w of the IWAE
+    estimator with K = 1 for the same draws).
+
+    Returns (N,) float64 arrays: neg_elbo = recon + kl, recon, kl (training-loss units, no
+    likelihood constant; see nll_constant), and recon_at_mu (the loss at z = mu).
+    """
+    _require_vae(model, "the ELBO")
+    if kl_estimator not in ("analytic", "sampled"):
+        raise ValueError(f"kl_estimator must be 'analytic' or 'sampled', got {kl_estimator!r}")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    x = model._check_x(x)
+    n, z_dim = x.shape[0], model.latent_dim
+    eps = _check_eps(eps, n, n_draws, z_dim, "eps")
+    rng = as_generator(rng) if eps is None else None
+    out = {k: np.empty(n) for k in ("neg_elbo", "recon", "kl", "recon_at_mu")}
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        xb = x[sl]
+        mu, logvar = _encode64(model, xb)
+        e = eps[sl] if eps is not None else rng.standard_normal((xb.shape[0], n_draws, z_dim))
+        recon, log_ratio = _sample_terms(model, xb, mu, logvar, e)
+        out["recon"][sl] = recon.mean(axis=1)
+        if kl_estimator == "analytic":
+            out["kl"][sl] = losses.kl_per_example(mu, logvar)
+        else:
+            out["kl"][sl] = -log_ratio.mean(axis=1)
+        at_mu = _decode_logits(model, mu.astype(model.dtype))
+        out["recon_at_mu"][sl] = _recon_rows(model.likelihood, at_mu[:, None, :], xb)[:, 0]
+    out["neg_elbo"] = out["recon"] + out["kl"]
+    return out
+
+
+def elbo(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS, rng: np.random.Generator | int | None = None,
+         batch_size: int = 500, eps: Array | None = None, kl_estimator: str = "analytic") -> dict[str, float]:
+    """Mean over the images of `elbo_per_example`: {neg_elbo, recon, kl, recon_at_mu,
+    neg_elbo_std_error, n_draws}, per image, in training-loss units (see nll_constant)."""
+    per = elbo_per_example(model, x, n_draws, rng, batch_size, eps, kl_estimator)
+    res = {k: float(v.mean()) for k, v in per.items()}
+    n = per["neg_elbo"].size
+    res["neg_elbo_std_error"] = float(per["neg_elbo"].std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    res["n_draws"] = int(n_draws)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Importance-weighted estimate of log p(x)
+# --------------------------------------------------------------------------------------------
+
+
+def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generator | int | None = None,
+                batch_size: int = 500, eps: Array | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                progress: bool | TextIO | None = None) -> Array:
+    """The IWAE estimate of log p(x) for each image, in nats (float64, shape (N,)).
+
+    log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mu + sigma * eps_k.
+
+    For the L2 likelihood, p(x|z) is N(x; x_hat, I/2) with its normalising constant (see
+    nll_constant). Each image is encoded once; its K draws are decoded in chunks so that a
+    chunk holds about `chunk_rows` rows (of up to `batch_size` images), and the log-weights
+    (float64) are combined with a log-sum-exp. eps: (N, K, Z) injects the draws, otherwise
+    they come from `rng` chunk by chunk (so the draws depend on batch_size and chunk_rows).
+    """
+    _require_vae(model, "the IWAE estimate")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    x = model._check_x(x)
+    n, z_dim = x.shape[0], model.latent_dim
+    eps = _check_eps(eps, n, k, z_dim, "eps")
+    rng = as_generator(rng) if eps is None else None
+    images_per_batch = max(1, min(batch_size, chunk_rows // k))
+    draws_per_chunk = min(k, max(1, chunk_rows // images_per_batch))
+    const = nll_constant(model.likelihood, model.input_dim)
+    ticker = _Ticker(f"IWAE K={k}", n, _stream(progress))
+    out = np.empty(n)
+    log_w = np.empty((images_per_batch, k))
+    for start in range(0, n, images_per_batch):
+        sl = slice(start, min(n, start + images_per_batch))
+        xb = x[sl]
+        b = xb.shape[0]
+        mu, logvar = _encode64(model, xb)
+        for k0 in range(0, k, draws_per_chunk):
+            k1 = min(k, k0 + draws_per_chunk)
+            e = eps[sl, k0:k1] if eps is not None else rng.standard_normal((b, k1 - k0, z_dim))
+            recon, log_ratio = _sample_terms(model, xb, mu, logvar, e)
+            log_w[:b, k0:k1] = log_ratio - recon - const
+        out[sl] = logmeanexp(log_w[:b], axis=1)
+        ticker.update(sl.stop)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Active units
+# --------------------------------------------------------------------------------------------
+
+
+def latent_means(model: Model, x: Array, batch_size: int = 1000) -> Array:
+    """E[z | x] for each image: mu for a VAE, the code z for an autoencoder. (N, Z) float64."""
+    x = model._check_x(x)
+    parts = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        code = model.encode(xb)[0] if isinstance(model, VAE) else model.encode(xb)
+        parts.append(np.asarray(code, dtype=np.float64))
+    return np.concatenate(parts)
+
+
+def latent_variances(model: Model, x: Array, batch_size: int = 1000) -> Array:
+    """The variance across the images of each dimension of E[z | x]. (Z,) float64."""
+    return latent_means(model, x, batch_size).var(axis=0)
+
+
+def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOLD,
+                 batch_size: int = 1000, return_variances: bool = False) -> int | tuple[int, Array]:
+    """The number of latent dimensions whose variance across x of E[z|x] exceeds `threshold`
+    (Burda et al., 2015: 0.01). With return_variances=True: (count, per-dimension variances)."""
+    var = latent_variances(model, x, batch_size)
+    count = int(np.sum(var > threshold))
+    return (count, var) if return_variances else count
+
+
+# --------------------------------------------------------------------------------------------
+# The digit classifier
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How the evaluation's digit classifier is built and trained (all of it is the cache key)."""
+
+    sizes: tuple[int, ...] = (784, 512, 512, 10)
+    activation: str = "relu"
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay: float = 0.7                  # the learning rate of epoch e (from 0) is lr * lr_decay**e
+    seed: int = 0
+    train_size: int | None = None          # None: all 60,000 training images
+
+    def key(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def file_name(self) -> str:
+        return f"mnist-mlp-{'-'.join(map(str, self.sizes))}-{self.activation}-{self.key()}.npz"
+
+
+DEFAULT_CLASSIFIER = ClassifierSpec()
+CLASSIFIER_FORMAT, CLASSIFIER_VERSION = "npvae-classifier", 1
+
+
+class Classifier:
+    """An MLP digit classifier: logits = net(x), x: (N, 784) pixels in [0, 1]."""
+
+    def __init__(self, net: Sequential, spec: ClassifierSpec, info: dict | None = None) -> None:
+        self.net, self.spec = net, spec
+        self.info = dict(info or {})   # test_accuracy, train_seconds, source ("trained" / "cache"), path
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.info.get("test_accuracy")
+
+    def logits(self, x: Array, batch_size: int = 2000) -> Array:
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255
+        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
+            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
+        x = x.astype(np.float32, copy=False)
+        return np.concatenate([self.net.forward(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]) \
+            if len(x) else np.empty((0, self.spec.sizes[-1]), np.float32)
+
+    def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
+        """Softmax probabilities, (N, 10) float64, rows summing to 1."""
+        return np.exp(losses.log_softmax(self.logits(x, batch_size).astype(np.float64)))
+
+    def predict(self, x: Array, batch_size: int = 2000) -> Array:
+        return self.logits(x, batch_size).argmax(axis=1)
+
+    def accuracy(self, x: Array, y: Array, batch_size: int = 2000) -> float:
+        return float(np.mean(self.predict(x, batch_size) == np.asarray(y)))
+
+    def __repr__(self) -> str:
+        acc = self.test_accuracy
+        return (f"Classifier({'-'.join(map(str, self.spec.sizes))} {self.spec.activation}"
+                + (f", test accuracy {acc:.4f}" if acc is not None else "") + ")")
+
+
+def _build_net(spec: ClassifierSpec, rng) -> Sequential:
+    return mlp(list(spec.sizes), spec.activation, rng=rng, dtype=np.float32)
+
+
+def _net_params(net: Sequential) -> dict[str, Array]:
+    return {f"{i}.{k}": v for i, layer in enumerate(net.dense_layers) for k, v in layer.params.items()}
+
+
+def _params_digest(params: dict[str, Array]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def train_classifier(spec: ClassifierSpec | None = None, progress: bool | TextIO | None = True) -> Classifier:
+    """Train the digit classifier on MNIST from spec.seed: Adam, softmax cross-entropy.
+
+    Deterministic: the initial weights and the minibatch order come from spec.seed. Returns the
+    classifier with info["test_accuracy"] measured on the 10,000 MNIST test images.
+    """
+    spec = spec or DEFAULT_CLASSIFIER
+    out = _stream(progress)
+    init_seed, order_seed = np.random.SeedSequence(spec.seed).spawn(2)
+    net = _build_net(spec, np.random.default_rng(init_seed))
+    _, params, _, grads = pack_layers({str(i): layer for i, layer in enumerate(net.dense_layers)})
+    opt = Adam(params, lr=spec.lr)
+    x_train, y_train = load_mnist_uint8("train")
+    x_test, y_test = load_mnist_uint8("test")
+    if spec.train_size:
+        x_train, y_train = x_train[:spec.train_size], y_train[:spec.train_size]
+    n = len(x_train)
+    order_rng = np.random.default_rng(order_seed)
+    steps_per_epoch = math.ceil(n / spec.batch_size)
+    if out is not None:
+        out.write(f"Training the digit classifier {'-'.join(map(str, spec.sizes))} ({spec.activation}, Adam "
+                  f"{spec.lr:g} x {spec.lr_decay:g} per epoch, batch {spec.batch_size}, {spec.epochs} epochs, "
+                  f"seed {spec.seed}) on {n:,} "
+                  f"MNIST images; it is cached for later runs.\n")
+        out.flush()
+    ticker = _Ticker("classifier", spec.epochs * steps_per_epoch, out, unit="steps")
+    start, step, running = time.perf_counter(), 0, None
+    buf = np.empty((spec.batch_size, spec.sizes[0]), np.float32)
+    for epoch in range(spec.epochs):
+        opt.lr = spec.lr * spec.lr_decay ** epoch
+        order = order_rng.permutation(n)
+        for s in range(0, n, spec.batch_size):
+            idx = order[s:s + spec.batch_size]
+            xb = np.multiply(x_train[idx], np.float32(1 / 255), out=buf[:len(idx)])
+            logits = net.forward(xb)
+            loss, dlogits = losses.softmax_cross_entropy(logits, y_train[idx])
+            net.backward(dlogits.astype(np.float32, copy=False), need_dx=False)
+            opt.step(grads)
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            step += 1
+            ticker.update(step, f", epoch {epoch + 1}, loss {running:.4f}")
+    seconds = time.perf_counter() - start
+    clf = Classifier(net, spec, {"train_seconds": seconds, "source": "trained"})
+    clf.info["test_accuracy"] = clf.accuracy(x_test, y_test)
+    if out is not None:
+        out.write(f"Classifier trained in {seconds:.1f} s: test accuracy {clf.info['test_accuracy']:.4f}\n")
+        out.flush()
+    return clf
+
+
+def classifier_path(spec: ClassifierSpec | None = None) -> Path:
+    """Where the classifier of `spec` is cached: <cache_root()>/classifier/<name>.npz."""
+    return cache_root() / "classifier" / (spec or DEFAULT_CLASSIFIER).file_name()
+
+
+def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
+    """Write the classifier atomically as an .npz of plain arrays plus a JSON "meta" text member."""
+    path = Path(path)
+    params = _net_params(clf.net)
+    meta = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "spec": asdict(clf.spec),
+            "test_accuracy": clf.info.get("test_accuracy"), "train_seconds": clf.info.get("train_seconds"),
+            "params_sha256": _params_digest(params)}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **{f"param/{k}": v for k, v in params.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ClassifierCacheError(ValueError):
+    """A cached classifier file is unreadable or does not match the expected architecture."""
+
+
+def load_classifier(path: str | os.PathLike, spec: ClassifierSpec | None = None) -> Classifier:
+    """Load a classifier saved by save_classifier, with allow_pickle=False, checking that it
+    matches `spec`: names, shapes, dtypes, finiteness, and the stored SHA-256 of the weights.
+    Raises ClassifierCacheError on any mismatch or corruption."""
+    spec = spec or DEFAULT_CLASSIFIER
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            members = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:     # BadZipFile, bad CRC, truncated member, object array, ...
+        raise ClassifierCacheError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    meta_arr = members.pop("meta", None)
+    if meta_arr is None or meta_arr.shape != () or meta_arr.dtype.kind != "U":
+        raise ClassifierCacheError(f"{path}: no 'meta' text member")
+    try:
+        meta = json.loads(str(meta_arr[()]))
+    except json.JSONDecodeError as exc:
+        raise ClassifierCacheError(f"{path}: 'meta' is not JSON ({exc})") from exc
+    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (CLASSIFIER_FORMAT,
+                                                                                    CLASSIFIER_VERSION):
+        raise ClassifierCacheError(f"{path}: not an npvae classifier file of version {CLASSIFIER_VERSION}")
+    if meta.get("spec") != json.loads(json.dumps(asdict(spec))):
+        raise ClassifierCacheError(f"{path}: made for {meta.get('spec')}, expected {asdict(spec)}")
+    net = _build_net(spec, 0)
+    expected = _net_params(net)
+    params = {k[len("param/"):]: v for k, v in members.items() if k.startswith("param/")}
+    if set(params) != set(expected) or len(params) != len(members):
+        raise ClassifierCacheError(f"{path}: parameters {sorted(members)} do not match the architecture "
+                                   f"{'-'.join(map(str, spec.sizes))} (expected {sorted(expected)})")
+    for name, target in expected.items():
+        value = params[name]
+        if value.shape != target.shape or value.dtype != target.dtype:
+            raise ClassifierCacheError(f"{path}: {name} is {value.dtype} {value.shape}, expected "
+                                       f"{target.dtype} {target.shape}")
+        if not np.isfinite(value).all():
+            raise ClassifierCacheError(f"{path}: {name} holds NaN or inf")
+    if _params_digest(params) != meta.get("params_sha256"):
+        raise ClassifierCacheError(f"{path}: the weights do not match their recorded SHA-256")
+    for name, target in expected.items():
+        target[...] = params[name]
+    return Classifier(net, spec, {"test_accuracy": meta.get("test_accuracy"),
+                                  "train_seconds": meta.get("train_seconds"), "source": "cache", "path": str(path)})
+
+
+def get_classifier(progress: bool | TextIO | None = True, spec: ClassifierSpec | None = None,
+                   rebuild: bool = False) -> Classifier:
+    """The digit classifier: loaded from the cache folder, or trained once and cached there.
+
+    The file lives in <cache_root()>/classifier/ (cache_root() honours $NPVAE_CACHE_DIR). A file
+    that is missing, corrupt, or made for another architecture or training recipe is rebuilt
+    (trained again from the seed, deterministically) and replaced. An unwritable cache folder
+    only costs the retraining next time.
+    """
+    spec = spec or DEFAULT_CLASSIFIER
+    path = classifier_path(spec)
+    out = _stream(progress)
+    if not rebuild and path.exists():
+        try:
+            return load_classifier(path, spec)
+        except (ClassifierCacheError, OSError) as exc:
+            if out is not None:
+                out.write(f"The cached classifier is unusable, retraining it: {exc}\n")
+                out.flush()
+    clf = train_classifier(spec, progress)
+    try:
+        save_classifier(clf, path)
+        clf.info["path"] = str(path)
+    except OSError as exc:
+        if out is not None:
+            out.write(f"Could not cache the classifier in {path}: {exc}\n")
+    return clf
+
+
+def _codes(model: Model, x: Array) -> Array:
+    return model.encode(x)[0] if isinstance(model, VAE) else model.encode(x)
+
+
+def reconstructions(model: Model, x: Array, batch_size: int = 1000) -> Array:
+    """decode(mu) for a VAE, decode(z) for an autoencoder. (N, D) in (0, 1)."""
+    x = model._check_x(x)
+    return np.concatenate([model.decode(_codes(model, x[s:s + batch_size])) for s in range(0, len(x), batch_size)])
+
+
+def reconstruction_accuracy(model: Model, classifier: Classifier, x: Array, y: Array, batch_size: int = 1000) -> float:
+    """The classifier's accuracy on the reconstructions of x against the true labels y."""
+    return float(np.mean(classifier.predict_proba(reconstructions(model, x, batch_size)).argmax(axis=1)
+                         == np.asarray(y)))
+
+
+def class_entropy(histogram: Array) -> float:
+    """Entropy in nats of a histogram of counts (0 for one class, log 10 = 2.303 for ten equal ones)."""
+    p = np.asarray(histogram, dtype=np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def sample_quality(model: Model, classifier: Classifier, n: int = 10000,
+                   rng: np.random.Generator | int | None = None, batch_size: int = 2000) -> dict:
+    """Decode n draws z ~ N(0, I) and classify them.
+
+    Returns {confidence: mean max softmax probability, class_entropy: entropy (nats) of the
+    histogram of predicted classes (log 10 = 2.303 when all ten digits are equally common),
+    class_histogram: counts per class, n}. For an autoencoder N(0, I) is not a prior, only a
+    probe of its decoder away from its codes.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = as_generator(rng)
+    conf_sum, hist = 0.0, None
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        z = rng.standard_normal((m, model.latent_dim)).astype(model.dtype)
+        proba = np.asarray(classifier.predict_proba(model.decode(z)))
+        conf_sum += float(proba.max(axis=1).sum())
+        counts = np.bincount(proba.argmax(axis=1), minlength=proba.shape[1])
+        hist = counts if hist is None else hist + counts
+    return {"confidence": conf_sum / n, "class_entropy": class_entropy(hist),
+            "class_histogram": hist.tolist(), "n": int(n)}
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run folder
+# --------------------------------------------------------------------------------------------
+
+
+def _evaluation_images(cfg: dict, split: str) -> tuple[Array, Array, str]:
+    """The run's images of a split, as the model saw them, float32 in [0, 1]; labels; a description."""
+    images, labels = load_mnist_uint8(split, cfg.get("data_dir"))
+    size = cfg.get("test_size") if split == "test" else cfg.get("train_size")
+    if size:
+        images, labels = images[:size], labels[:size]
+    x = images.astype(np.float32) / 255
+    mode = cfg.get("binarize", "none") or "none"
+    if mode == "static":
+        x, what = binarize(x, "static"), "static binarization (pixel > 0.5), as in training"
+    elif mode == "dynamic":
+        x = binarize(x, "dynamic", rng=np.random.default_rng(DYNAMIC_BINARIZATION_SEED))
+        what = (f"one fixed stochastic binarization (Bernoulli(pixel), seed {DYNAMIC_BINARIZATION_SEED}) "
+                f"of the images; the run trained with dynamic binarization")
+    else:
+        what = "continuous pixels in [0, 1] (no binarization)"
+    return x, labels, what
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "test", *,
+                 n_draws: int = DEFAULT_DRAWS, seed: int = 0, classifier: bool | Classifier = True,
+                 limit: int | None = None, n_samples: int = 10000, progress: bool | TextIO | None = True,
+                 write: bool = True, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+    """Evaluate the model of a run folder on a split and write eval.json there. Returns the dict.
+
+    The images are the run's (its data_dir and subset size; with static binarization
+    thresholded; with dynamic binarization one fixed draw, seed DYNAMIC_BINARIZATION_SEED);
+    `limit` keeps only the first `limit` of them. `seed` seeds the draws of eps (ELBO, IWAE)
+    and of the prior samples. classifier: True (get_classifier()), False, or a Classifier. The
+    classifier is an MNIST digit classifier, so it is skipped for runs on another data_dir.
+    Raises CheckpointError for a folder without a valid checkpoint.
+    """
+    from .runs import DEFAULTS, load_run
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    if k < 1 or n_draws < 1:
+        raise ValueError(f"k and n_draws must be >= 1, got k={k}, n_draws={n_draws}")
+    out = _stream(progress)
+    run_dir = Path(run_dir)
+    t_start = time.perf_counter()
+    model, ckpt = load_run(run_dir)
+    cfg = {**DEFAULTS, **ckpt.config}
+    x, y, data_what = _evaluation_images(cfg, split)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    is_vae = isinstance(model, VAE)
+    elbo_seed, iwae_seed, sample_seed = np.random.SeedSequence(seed).spawn(3)
+    sizes = "-".join(map(str, [model.input_dim, *model.hidden_dims, model.latent_dim]))
+    const = nll_constant(model.likelihood, model.input_dim)
+    res: dict = {
+        "run": str(run_dir), "model": model.kind, "likelihood": model.likelihood, "architecture": sizes,
+        "epochs_trained": ckpt.epoch, "split": split, "n_images": int(len(x)), "data": data_what, "seed": seed,
+    }
+    notes: list[str] = []
+    if is_vae:
+        e = elbo(model, x, n_draws=n_draws, rng=np.random.default_rng(elbo_seed))
+        res.update(neg_elbo=e["neg_elbo"], recon=e["recon"], kl=e["kl"], recon_at_mu=e["recon_at_mu"],
+                   neg_elbo_std_error=e["neg_elbo_std_error"], elbo_draws=n_draws, nll_constant=const,
+                   neg_elbo_density=e["neg_elbo"] + const)
+        notes.append(f"neg_elbo = recon + kl, mean over {n_draws} draws of eps per image; exact Gaussian KL, "
+                     f"weight 1" + (f" (the run trained with beta = {model.beta:g})" if model.beta != 1 else ""))
+        if out is not None:
+            out.write(f"Estimating log p(x) with K = {k} importance samples for {len(x):,} images...\n")
+            out.flush()
+        t0 = time.perf_counter()
+        log_px = log_px_iwae(model, x, k, rng=np.random.default_rng(iwae_seed), chunk_rows=chunk_rows,
+                             progress=progress)
+        res.update(nll_iwae=float(-log_px.mean()), iwae_k=int(k), iwae_seconds=time.perf_counter() - t0,
+                   nll_iwae_std_error=float(log_px.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None)
+        n_active, var = active_units(model, x, return_variances=True)
+        res.update(active_units=n_active, latent_dim=model.latent_dim,
+                   active_unit_threshold=ACTIVE_UNIT_THRESHOLD, latent_variances=[float(v) for v in var])
+        if model.likelihood == "l2":
+            notes.append(f"L2 likelihood: the loss sum (x - x_hat)^2 is -log N(x; x_hat, sigma^2 I) with "
+                         f"sigma^2 = 1/2, minus its constant (D/2) log(pi) = {const:.3f} nats. neg_elbo, recon "
+                         f"and recon_at_mu leave the constant out (training-loss units); neg_elbo_density and "
+                         f"nll_iwae include it (a density on R^{model.input_dim}: not comparable with a "
+                         f"Bernoulli NLL)")
+        elif cfg.get("binarize", "none") == "none":
+            notes.append("Bernoulli likelihood on continuous pixels: the cross-entropy is not a normalised "
+                         "density over [0, 1], so nll_iwae is not a true NLL (binarize the data for that)")
+        else:
+            notes.append("Bernoulli likelihood on binary pixels: nll_iwae is the standard MNIST NLL in nats")
+    else:
+        per_image = losses.RECONSTRUCTION_PER_EXAMPLE[model.likelihood]
+        recon = float(np.mean(np.concatenate([per_image(model.decode_logits(model.encode(x[s:s + 1000])), x[s:s + 1000])
+                                              for s in range(0, len(x), 1000)])))
+        res.update(neg_elbo=None, recon=recon, kl=None, recon_at_mu=None, nll_iwae=None, iwae_k=None,
+                   active_units=None, latent_dim=model.latent_dim)
+        notes.append("autoencoder: no encoder distribution and no prior, so the ELBO, the IWAE "
+                     "log-likelihood and active units do not apply; recon is the reconstruction loss of z = encode(x)")
+
+    use_classifier = classifier is not False and classifier is not None
+    if use_classifier and cfg.get("data_dir") is not None:
+        notes.append(f"classifier skipped: it is an MNIST digit classifier and the run used data_dir "
+                     f"{cfg['data_dir']}")
+        use_classifier = False
+    if use_classifier:
+        clf = classifier if isinstance(classifier, Classifier) else get_classifier(progress=progress)
+        res["classifier"] = repr(clf)
+        res["classifier_accuracy"] = clf.accuracy(x, y)
+        res["recon_accuracy"] = reconstruction_accuracy(model, clf, x, y)
+        q = sample_quality(model, clf, n=n_samples, rng=np.random.default_rng(sample_seed))
+        res.update(sample_confidence=q["confidence"], sample_class_entropy=q["class_entropy"],
+                   sample_class_histogram=q["class_histogram"], sample_n=q["n"])
+        notes.append("classifier_accuracy: on the evaluation images themselves; recon_accuracy: on their "
+                     f"reconstructions ({'decode(mu)' if is_vae else 'decode(z)'}); sample_*: on {q['n']:,} decodes "
+                     f"of z ~ N(0, I){'' if is_vae else ' (an autoencoder has no prior)'}; "
+                     f"class entropy max log 10 = {math.log(10):.3f} nats")
+    res["notes"] = notes
+    res["seconds"] = time.perf_counter() - t_start
+    res = {key: _finite_or_none(v) for key, v in res.items()}
+    if write:
+        _atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
+        res["eval_json"] = str(run_dir / "eval.json")
+    return res
+
+
+def _finite_or_none(value):
+    """NaN and inf become None (JSON null): eval.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_table(results: dict) -> str:
+    """The results of evaluate_run as a text table (quantity, value, what it means)."""
+    r = results
+    rows: list[tuple[str, str, str]] = []
+    l2 = r.get("likelihood") == "l2"
+    recon_name = "L2, sum (x - x_hat)^2" if l2 else "Bernoulli cross-entropy"
+    if r.get("neg_elbo") is not None:
+        rows += [
+            ("negative ELBO", _fmt(r["neg_elbo"]),
+             f"nats/image, mean of {r.get('elbo_draws')} draws of eps; "
+             f"+- {_fmt(r.get('neg_elbo_std_error'))} s.e. over images"),
+            ("  reconstruction", _fmt(r["recon"]), recon_name),
+            ("  KL to N(0, I)", _fmt(r["kl"]), "exact Gaussian KL"),
+            ("reconstruction at z = mu", _fmt(r["recon_at_mu"]), "deterministic, no noise"),
+        ]
+        if l2:
+            rows.append(("negative ELBO, density", _fmt(r.get("neg_elbo_density")),
+                         f"+ (D/2) log(pi) = {_fmt(r.get('nll_constant'))}: under N(x; x_hat, I/2)"))
+        rows.append((f"NLL, IWAE K={r.get('iwae_k')}", _fmt(r.get("nll_iwae")),
+                     ("under N(x; x_hat, I/2), constant included" if l2 else "nats/image")
+                     + f"; +- {_fmt(r.get('nll_iwae_std_error'))} s.e. over images"))
+        rows.append(("active units", f"{r.get('active_units')}/{r.get('latent_dim')}",
+                     f"var over x of E[z|x] > {r.get('active_unit_threshold')}"))
+    else:
+        rows += [("reconstruction", _fmt(r.get("recon")), recon_name + ", z = encode(x)"),
+                 ("negative ELBO, NLL", "n/a", "an autoencoder has no q(z|x) or prior")]
+    if "recon_accuracy" in r:
+        hist = r.get("sample_class_histogram") or []
+        rows += [
+            ("classifier on the images", _fmt(100 * r["classifier_accuracy"], ".2f") + " %", r.get("classifier", "")),
+            ("  on reconstructions", _fmt(100 * r["recon_accuracy"], ".2f") + " %", "vs the true labels"),
+            ("samples: confidence", _fmt(r["sample_confidence"]),
+             f"mean max softmax, {r.get('sample_n'):,} draws of N(0, I)"),
+            ("samples: class entropy", _fmt(r["sample_class_entropy"]), f"nats, max log 10 = {math.log(10):.3f}"),
+            ("samples: class histogram", "", "  ".join(f"{d}:{c}" for d, c in enumerate(hist))),
+        ]
+    head = (f"{r.get('model', '').upper()} {r.get('architecture', '')} ({r.get('likelihood')} likelihood, "
+            f"{r.get('epochs_trained')} epochs) on the {r.get('split')} split, {r.get('n_images', 0):,} images; "
+            f"{r.get('data')}")
+    widths = [max(len(row[i]) for row in rows + [("quantity", "value", "")]) for i in range(2)]
+    lines = [head, "", f"{'quantity'.ljust(widths[0])}  {'value'.rjust(widths[1])}  notes",
+             f"{'-' * widths[0]}  {'-' * widths[1]}  -----"]
+    lines += [f"{a.ljust(widths[0])}  {b.rjust(widths[1])}  {c}" for a, b, c in rows]
+    if r.get("notes"):
+        lines += ["", "Notes:"] + [f"- {n}" for n in r["notes"]]
+    if "seconds" in r:
+        lines.append(f"\n{r['seconds']:.1f} s" + (f"; written to {r['eval_json']}" if r.get("eval_json") else ""))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# `npvae evaluate`
+# --------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `npvae evaluate RUN`."""
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
+    parser.add_argument("--k", type=_positive_int, default=DEFAULT_K,
+                        help=f"importance samples per image for the IWAE log-likelihood (default {DEFAULT_K})")
+    parser.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
+    parser.add_argument("--draws", type=_positive_int, default=DEFAULT_DRAWS,
+                        help=f"draws of eps per image for the ELBO (default {DEFAULT_DRAWS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--no-classifier", action="store_true",
+                        help="skip the digit-classifier figures (and training the classifier the first time)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `npvae evaluate` from parsed arguments; print the table; return the exit code."""
+    from .checkpoint import CheckpointError
+    run_dir = Path(args.run)
+    if not run_dir.exists():
+        print(f"npvae evaluate: {run_dir} does not exist; give a run folder written by `npvae train`",
+              file=sys.stderr)
+        return 1
+    try:
+        res = evaluate_run(run_dir, k=args.k, split=args.split, n_draws=args.draws, seed=args.seed,
+                           classifier=not args.no_classifier, limit=getattr(args, "limit", None))
+    except KeyboardInterrupt:
+        return 130
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"npvae evaluate: {e}", file=sys.stderr)
+        return 1
+    print(format_table(res))
+    return 0
