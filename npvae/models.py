@@ -201,7 +201,7 @@ class VAE(_Model):
         self.encoder = (mlp([self.input_dim, *self.hidden_dims], activation, final_activation=activation,
                             rng=rng, dtype=self.dtype) if self.hidden_dims else Sequential([]))
         last_hidden = self.hidden_dims[-1] if self.hidden_dims else self.input_dim
-        self.head = Dense(last_hidden, 2 * self.latent_dim, init="glorot", rng=rng, dtype=self.dtype)
+        self.head = Dense(last_hidden, 2 * self.latent_dim, rng=rng, dtype=self.dtype)
         self.reparam = Reparameterize()
         self.decoder = mlp([self.latent_dim, *self.decoder_hidden_dims, self.input_dim], activation,
                            rng=rng, dtype=self.dtype)
