@@ -18,11 +18,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write", "atomic_write_text"]
 
 FORMAT = "npvae-checkpoint"
 VERSION = 1
@@ -100,16 +100,14 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
-def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically and return the path.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace the file `path` atomically: write(f) fills an open binary file.
 
     The data goes to a temporary file in the same directory, is flushed and fsynced, and only
     then renamed over ``path`` (``os.replace`` is atomic). A crash at any moment therefore
-    leaves either the previous checkpoint or the new one, never a half-written file.
-    The file is written to exactly ``path``: no ``.npz`` suffix is added.
+    leaves either the previous file or the new one, never a half-written file.
     """
     path = Path(path)
-    arrays = _arrays_to_save(path, ckpt)  # validate before touching the disk
     path.parent.mkdir(parents=True, exist_ok=True)
     # Like tempfile.mkstemp (same directory, so the rename never crosses file systems; O_EXCL, so
     # never an existing file) but with mode 0o666 minus the umask instead of mkstemp's owner-only 0o600.
@@ -117,7 +115,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # a file object, so np.savez does not append ".npz"
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -127,6 +125,21 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` for UTF-8 text (config.json, history.csv, eval.json, ...)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (see `atomic_write`) and return the path.
+
+    The file is written to exactly ``path``: no ``.npz`` suffix is added.
+    """
+    path = Path(path)
+    arrays = _arrays_to_save(path, ckpt)  # validate before touching the disk
+    return atomic_write(path, lambda f: np.savez(f, **arrays))  # a file object: np.savez adds no ".npz"
 
 
 def _read_members(path: Path) -> dict[str, np.ndarray]:

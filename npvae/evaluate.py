@@ -51,25 +51,23 @@ Which density the NLL refers to
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from . import losses
-from .data import binarize, cache_root, load_mnist_uint8
-from .layers import Dense, ReLU, Sequential, as_generator, mlp, pack_layers
+from .checkpoint import atomic_write_text
+from .classifier import Classifier, get_classifier
+from .data import binarize, load_mnist_uint8
+from .layers import as_generator
 from .models import VAE, Autoencoder
-from .optim import Adam
+from .train import Ticker, progress_stream
 
 Array = np.ndarray
 Model = Autoencoder | VAE
@@ -80,40 +78,6 @@ DEFAULT_K = 5000                # importance samples per image for the IWAE boun
 DEFAULT_CHUNK_ROWS = 5000       # decoded rows per chunk in the IWAE pass (5000 x 784 float32 = 16 MB)
 DYNAMIC_BINARIZATION_SEED = 0   # the one fixed stochastic binarization of the evaluation images
 LOG_2PI = math.log(2 * math.pi)
-
-
-# --------------------------------------------------------------------------------------------
-# Progress lines
-# --------------------------------------------------------------------------------------------
-
-
-def _stream(progress: bool | TextIO | None) -> TextIO | None:
-    """progress=True: stderr; False/None: silent; a stream: that stream."""
-    if progress is True:
-        return sys.stderr
-    if not progress:
-        return None
-    return progress
-
-
-class _Ticker:
-    """Writes a line at every ~10% of `total` units of work, with the elapsed time and an ETA."""
-
-    def __init__(self, what: str, total: int, stream: TextIO | None, unit: str = "images") -> None:
-        self.what, self.total, self.stream, self.unit = what, max(1, total), stream, unit
-        self.start = time.perf_counter()
-        self.next_tenth = 1
-
-    def update(self, done: int, extra: str = "") -> None:
-        if self.stream is None or done * 10 < self.next_tenth * self.total:
-            return
-        while done * 10 >= self.next_tenth * self.total:
-            self.next_tenth += 1
-        elapsed = time.perf_counter() - self.start
-        left = elapsed / max(done, 1) * (self.total - done)
-        self.stream.write(f"  {self.what}: {done:,}/{self.total:,} {self.unit} ({100 * done / self.total:3.0f}%), "
-                          f"{elapsed:.1f} s, ~{left:.0f} s left{extra}\n")
-        self.stream.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,17 +120,8 @@ def _recon_rows(likelihood: str, logits: Array, x: Array) -> Array:
 
 
 def _decode_logits(model: Model, z: Array) -> Array:
-    """decoder(z) without the caches a backward pass needs: in-place bias adds and ReLUs. (N, D)."""
-    h = z
-    for layer in model.decoder.layers:
-        if isinstance(layer, Dense):
-            h = h @ layer.params["W"]
-            h += layer.params["b"]
-        elif isinstance(layer, ReLU):
-            np.maximum(h, 0, out=h)
-        else:
-            h = layer.forward(h)
-    return h
+    """The decoder's output before the sigmoid, in the model's dtype. z: (N, Z) -> (N, D)."""
+    return model.decoder.forward(z.astype(model.dtype, copy=False))
 
 
 def _encode64(model: VAE, x: Array) -> tuple[Array, Array]:
@@ -303,7 +258,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
     images_per_batch = max(1, min(batch_size, chunk_rows // k))
     draws_per_chunk = min(k, max(1, chunk_rows // images_per_batch))
     const = nll_constant(model.likelihood, model.input_dim)
-    ticker = _Ticker(f"IWAE K={k}", n, _stream(progress))
+    ticker = Ticker(f"IWAE K={k}", n, progress_stream(progress))
     out = np.empty(n)
     log_w = np.empty((images_per_batch, k))
     for start in range(0, n, images_per_batch):
@@ -349,245 +304,6 @@ def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOL
     var = latent_variances(model, x, batch_size)
     count = int(np.sum(var > threshold))
     return (count, var) if return_variances else count
-
-
-# --------------------------------------------------------------------------------------------
-# The digit classifier
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """How the evaluation's digit classifier is built and trained (all of it is the cache key)."""
-
-    sizes: tuple[int, ...] = (784, 512, 512, 10)
-    activation: str = "relu"
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay: float = 0.7                  # the learning rate of epoch e (from 0) is lr * lr_decay**e
-    seed: int = 0
-    train_size: int | None = None          # None: all 60,000 training images
-
-    def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def file_name(self) -> str:
-        return f"mnist-mlp-{'-'.join(map(str, self.sizes))}-{self.activation}-{self.key()}.npz"
-
-
-DEFAULT_CLASSIFIER = ClassifierSpec()
-CLASSIFIER_FORMAT, CLASSIFIER_VERSION = "npvae-classifier", 1
-
-
-class Classifier:
-    """An MLP digit classifier: logits = net(x), x: (N, 784) pixels in [0, 1]."""
-
-    def __init__(self, net: Sequential, spec: ClassifierSpec, info: dict | None = None) -> None:
-        self.net, self.spec = net, spec
-        self.info = dict(info or {})   # test_accuracy, train_seconds, source ("trained" / "cache"), path
-
-    @property
-    def test_accuracy(self) -> float | None:
-        return self.info.get("test_accuracy")
-
-    def logits(self, x: Array, batch_size: int = 2000) -> Array:
-        x = np.asarray(x)
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255
-        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
-        x = x.astype(np.float32, copy=False)
-        return np.concatenate([self.net.forward(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]) \
-            if len(x) else np.empty((0, self.spec.sizes[-1]), np.float32)
-
-    def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
-        """Softmax probabilities, (N, 10) float64, rows summing to 1."""
-        return np.exp(losses.log_softmax(self.logits(x, batch_size).astype(np.float64)))
-
-    def predict(self, x: Array, batch_size: int = 2000) -> Array:
-        return self.logits(x, batch_size).argmax(axis=1)
-
-    def accuracy(self, x: Array, y: Array, batch_size: int = 2000) -> float:
-        return float(np.mean(self.predict(x, batch_size) == np.asarray(y)))
-
-    def __repr__(self) -> str:
-        acc = self.test_accuracy
-        return (f"Classifier({'-'.join(map(str, self.spec.sizes))} {self.spec.activation}"
-                + (f", test accuracy {acc:.4f}" if acc is not None else "") + ")")
-
-
-def _build_net(spec: ClassifierSpec, rng) -> Sequential:
-    return mlp(list(spec.sizes), spec.activation, rng=rng, dtype=np.float32)
-
-
-def _net_params(net: Sequential) -> dict[str, Array]:
-    return {f"{i}.{k}": v for i, layer in enumerate(net.dense_layers) for k, v in layer.params.items()}
-
-
-def _params_digest(params: dict[str, Array]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(params):
-        a = np.ascontiguousarray(params[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def train_classifier(spec: ClassifierSpec | None = None, progress: bool | TextIO | None = True) -> Classifier:
-    """Train the digit classifier on MNIST from spec.seed: Adam, softmax cross-entropy.
-
-    Deterministic: the initial weights and the minibatch order come from spec.seed. Returns the
-    classifier with info["test_accuracy"] measured on the 10,000 MNIST test images.
-    """
-    spec = spec or DEFAULT_CLASSIFIER
-    out = _stream(progress)
-    init_seed, order_seed = np.random.SeedSequence(spec.seed).spawn(2)
-    net = _build_net(spec, np.random.default_rng(init_seed))
-    _, params, _, grads = pack_layers({str(i): layer for i, layer in enumerate(net.dense_layers)})
-    opt = Adam(params, lr=spec.lr)
-    x_train, y_train = load_mnist_uint8("train")
-    x_test, y_test = load_mnist_uint8("test")
-    if spec.train_size:
-        x_train, y_train = x_train[:spec.train_size], y_train[:spec.train_size]
-    n = len(x_train)
-    order_rng = np.random.default_rng(order_seed)
-    steps_per_epoch = math.ceil(n / spec.batch_size)
-    if out is not None:
-        out.write(f"Training the digit classifier {'-'.join(map(str, spec.sizes))} ({spec.activation}, Adam "
-                  f"{spec.lr:g} x {spec.lr_decay:g} per epoch, batch {spec.batch_size}, {spec.epochs} epochs, "
-                  f"seed {spec.seed}) on {n:,} "
-                  f"MNIST images; it is cached for later runs.\n")
-        out.flush()
-    ticker = _Ticker("classifier", spec.epochs * steps_per_epoch, out, unit="steps")
-    start, step, running = time.perf_counter(), 0, None
-    buf = np.empty((spec.batch_size, spec.sizes[0]), np.float32)
-    for epoch in range(spec.epochs):
-        opt.lr = spec.lr * spec.lr_decay ** epoch
-        order = order_rng.permutation(n)
-        for s in range(0, n, spec.batch_size):
-            idx = order[s:s + spec.batch_size]
-            xb = np.multiply(x_train[idx], np.float32(1 / 255), out=buf[:len(idx)])
-            logits = net.forward(xb)
-            loss, dlogits = losses.softmax_cross_entropy(logits, y_train[idx])
-            net.backward(dlogits.astype(np.float32, copy=False), need_dx=False)
-            opt.step(grads)
-            running = loss if running is None else 0.98 * running + 0.02 * loss
-            step += 1
-            ticker.update(step, f", epoch {epoch + 1}, loss {running:.4f}")
-    seconds = time.perf_counter() - start
-    clf = Classifier(net, spec, {"train_seconds": seconds, "source": "trained"})
-    clf.info["test_accuracy"] = clf.accuracy(x_test, y_test)
-    if out is not None:
-        out.write(f"Classifier trained in {seconds:.1f} s: test accuracy {clf.info['test_accuracy']:.4f}\n")
-        out.flush()
-    return clf
-
-
-def classifier_path(spec: ClassifierSpec | None = None) -> Path:
-    """Where the classifier of `spec` is cached: <cache_root()>/classifier/<name>.npz."""
-    return cache_root() / "classifier" / (spec or DEFAULT_CLASSIFIER).file_name()
-
-
-def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
-    """Write the classifier atomically as an .npz of plain arrays plus a JSON "meta" text member."""
-    path = Path(path)
-    params = _net_params(clf.net)
-    meta = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "spec": asdict(clf.spec),
-            "test_accuracy": clf.info.get("test_accuracy"), "train_seconds": clf.info.get("train_seconds"),
-            "params_sha256": _params_digest(params)}
-    buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta)), **{f"param/{k}": v for k, v in params.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-class ClassifierCacheError(ValueError):
-    """A cached classifier file is unreadable or does not match the expected architecture."""
-
-
-def load_classifier(path: str | os.PathLike, spec: ClassifierSpec | None = None) -> Classifier:
-    """Load a classifier saved by save_classifier, with allow_pickle=False, checking that it
-    matches `spec`: names, shapes, dtypes, finiteness, and the stored SHA-256 of the weights.
-    Raises ClassifierCacheError on any mismatch or corruption."""
-    spec = spec or DEFAULT_CLASSIFIER
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            members = {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise
-    except Exception as exc:     # BadZipFile, bad CRC, truncated member, object array, ...
-        raise ClassifierCacheError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    meta_arr = members.pop("meta", None)
-    if meta_arr is None or meta_arr.shape != () or meta_arr.dtype.kind != "U":
-        raise ClassifierCacheError(f"{path}: no 'meta' text member")
-    try:
-        meta = json.loads(str(meta_arr[()]))
-    except json.JSONDecodeError as exc:
-        raise ClassifierCacheError(f"{path}: 'meta' is not JSON ({exc})") from exc
-    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (CLASSIFIER_FORMAT,
-                                                                                    CLASSIFIER_VERSION):
-        raise ClassifierCacheError(f"{path}: not an npvae classifier file of version {CLASSIFIER_VERSION}")
-    if meta.get("spec") != json.loads(json.dumps(asdict(spec))):
-        raise ClassifierCacheError(f"{path}: made for {meta.get('spec')}, expected {asdict(spec)}")
-    net = _build_net(spec, 0)
-    expected = _net_params(net)
-    params = {k[len("param/"):]: v for k, v in members.items() if k.startswith("param/")}
-    if set(params) != set(expected) or len(params) != len(members):
-        raise ClassifierCacheError(f"{path}: parameters {sorted(members)} do not match the architecture "
-                                   f"{'-'.join(map(str, spec.sizes))} (expected {sorted(expected)})")
-    for name, target in expected.items():
-        value = params[name]
-        if value.shape != target.shape or value.dtype != target.dtype:
-            raise ClassifierCacheError(f"{path}: {name} is {value.dtype} {value.shape}, expected "
-                                       f"{target.dtype} {target.shape}")
-        if not np.isfinite(value).all():
-            raise ClassifierCacheError(f"{path}: {name} holds NaN or inf")
-    if _params_digest(params) != meta.get("params_sha256"):
-        raise ClassifierCacheError(f"{path}: the weights do not match their recorded SHA-256")
-    for name, target in expected.items():
-        target[...] = params[name]
-    return Classifier(net, spec, {"test_accuracy": meta.get("test_accuracy"),
-                                  "train_seconds": meta.get("train_seconds"), "source": "cache", "path": str(path)})
-
-
-def get_classifier(progress: bool | TextIO | None = True, spec: ClassifierSpec | None = None,
-                   rebuild: bool = False) -> Classifier:
-    """The digit classifier: loaded from the cache folder, or trained once and cached there.
-
-    The file lives in <cache_root()>/classifier/ (cache_root() honours $NPVAE_CACHE_DIR). A file
-    that is missing, corrupt, or made for another architecture or training recipe is rebuilt
-    (trained again from the seed, deterministically) and replaced. An unwritable cache folder
-    only costs the retraining next time.
-    """
-    spec = spec or DEFAULT_CLASSIFIER
-    path = classifier_path(spec)
-    out = _stream(progress)
-    if not rebuild and path.exists():
-        try:
-            return load_classifier(path, spec)
-        except (ClassifierCacheError, OSError) as exc:
-            if out is not None:
-                out.write(f"The cached classifier is unusable, retraining it: {exc}\n")
-                out.flush()
-    clf = train_classifier(spec, progress)
-    try:
-        save_classifier(clf, path)
-        clf.info["path"] = str(path)
-    except OSError as exc:
-        if out is not None:
-            out.write(f"Could not cache the classifier in {path}: {exc}\n")
-    return clf
 
 
 def _codes(model: Model, x: Array) -> Array:
@@ -661,17 +377,6 @@ def _evaluation_images(cfg: dict, split: str) -> tuple[Array, Array, str]:
     return x, labels, what
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "test", *,
                  n_draws: int = DEFAULT_DRAWS, seed: int = 0, classifier: bool | Classifier = True,
                  limit: int | None = None, n_samples: int = 10000, progress: bool | TextIO | None = True,
@@ -690,7 +395,7 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     if k < 1 or n_draws < 1:
         raise ValueError(f"k and n_draws must be >= 1, got k={k}, n_draws={n_draws}")
-    out = _stream(progress)
+    out = progress_stream(progress)
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
     model, ckpt = load_run(run_dir)
@@ -766,7 +471,7 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
     res["seconds"] = time.perf_counter() - t_start
     res = {key: _finite_or_none(v) for key, v in res.items()}
     if write:
-        _atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
         res["eval_json"] = str(run_dir / "eval.json")
     return res
 

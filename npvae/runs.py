@@ -14,20 +14,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .data import load_mnist_uint8
 from .models import VAE, Autoencoder, build_model
 from .optim import Adam, make_optimizer
-from .train import Progress, TrainingDiverged, fit, iwae_lr
+from .train import Progress, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -100,17 +98,6 @@ def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_history(out: Path, history: list[dict]) -> None:
     """history.csv (header row, one row per epoch; empty cells where a run has no such column) and history.json."""
     columns: list[str] = []
@@ -120,8 +107,8 @@ def write_history(out: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    _atomic_write_text(out / "history.csv", buf.getvalue())
-    _atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+    atomic_write_text(out / "history.csv", buf.getvalue())
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
 
 
 def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], history: list[dict],
@@ -249,7 +236,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         history = []
     cfg.pop("_given", None)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
 
     x_train, x_test, y_test = load_data(cfg)
     rngs = {"model": model.rng, "data": data_rng}

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from npvae import classifier as C
 from npvae import evaluate as E
 from npvae import gradcheck, losses
 from npvae.layers import sigmoid
 from npvae.models import VAE, Autoencoder
 from npvae.optim import Adam
 
-TINY_SPEC = E.ClassifierSpec(sizes=(784, 16, 10), epochs=2, lr=3e-3, batch_size=128, train_size=2000, seed=3)
+TINY_SPEC = C.ClassifierSpec(sizes=(784, 16, 10), epochs=2, lr=3e-3, batch_size=128, train_size=2000, seed=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def test_reconstruction_accuracy_uses_the_reconstructions():
 def tiny_classifier_file(tmp_path_factory):
     """The bytes of a cache file for TINY_SPEC, trained once for the module."""
     path = tmp_path_factory.mktemp("clf") / "tiny.npz"
-    E.save_classifier(E.train_classifier(TINY_SPEC, progress=False), path)
+    C.save_classifier(C.train_classifier(TINY_SPEC, progress=False), path)
     return path.read_bytes()
 
 
@@ -351,26 +352,26 @@ def tiny_classifier_file(tmp_path_factory):
 def tiny_cache(tmp_path, monkeypatch, tiny_classifier_file):
     """NPVAE_CACHE_DIR in tmp_path, TINY_SPEC as the default, its file already in the cache."""
     monkeypatch.setenv("NPVAE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(E, "DEFAULT_CLASSIFIER", TINY_SPEC)
-    path = E.classifier_path()
+    monkeypatch.setattr(C, "DEFAULT_CLASSIFIER", TINY_SPEC)
+    path = C.classifier_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(tiny_classifier_file)
     return tmp_path / "cache"
 
 
 def test_classifier_is_trained_once_then_loaded_from_the_cache(tiny_cache, monkeypatch):
-    path = E.classifier_path()
+    path = C.classifier_path()
     assert path.parent == tiny_cache / "classifier"
     path.unlink()
-    clf = E.get_classifier(progress=False)             # no file: trains and writes it
+    clf = C.get_classifier(progress=False)             # no file: trains and writes it
     assert path.exists() and clf.info["source"] == "trained" and clf.info["path"] == str(path)
     assert 0.6 < clf.test_accuracy <= 1
     probe = np.random.default_rng(0).random((5, 784)).astype(np.float32)
 
     def no_training(*a, **k):
         raise AssertionError("trained again")
-    monkeypatch.setattr(E, "train_classifier", no_training)
-    again = E.get_classifier(progress=False)
+    monkeypatch.setattr(C, "train_classifier", no_training)
+    again = C.get_classifier(progress=False)
     assert again.info["source"] == "cache" and again.test_accuracy == clf.test_accuracy
     np.testing.assert_array_equal(again.logits(probe), clf.logits(probe))
     p = again.predict_proba(probe)
@@ -380,8 +381,8 @@ def test_classifier_is_trained_once_then_loaded_from_the_cache(tiny_cache, monke
 
 
 def test_classifier_training_is_deterministic(tiny_cache):
-    cached = E.load_classifier(E.classifier_path(), TINY_SPEC)       # trained in another call
-    again = E.train_classifier(TINY_SPEC, progress=False)
+    cached = C.load_classifier(C.classifier_path(), TINY_SPEC)       # trained in another call
+    again = C.train_classifier(TINY_SPEC, progress=False)
     for la, lb in zip(cached.net.dense_layers, again.net.dense_layers):
         np.testing.assert_array_equal(la.params["W"], lb.params["W"])
         np.testing.assert_array_equal(la.params["b"], lb.params["b"])
@@ -411,8 +412,8 @@ def _other_architecture(path):
 
 
 def _other_recipe(path):
-    other = E.Classifier(E._build_net(TINY_SPEC, 0), E.ClassifierSpec(sizes=(784, 16, 10), epochs=1))
-    E.save_classifier(other, path)                        # right shapes, made for another spec
+    other = C.Classifier(C._build_net(TINY_SPEC, 0), C.ClassifierSpec(sizes=(784, 16, 10), epochs=1))
+    C.save_classifier(other, path)                        # right shapes, made for another spec
 
 
 def _object_array(path):
@@ -426,29 +427,29 @@ def _object_array(path):
                                     _other_recipe, _object_array])
 def test_a_bad_cache_file_is_rebuilt(tiny_cache, damage):
     import io
-    path = E.classifier_path()
-    good = E.load_classifier(path, TINY_SPEC)
+    path = C.classifier_path()
+    good = C.load_classifier(path, TINY_SPEC)
     damage(path)
-    with pytest.raises(E.ClassifierCacheError):
-        E.load_classifier(path, TINY_SPEC)
+    with pytest.raises(C.ClassifierCacheError):
+        C.load_classifier(path, TINY_SPEC)
     log = io.StringIO()
-    rebuilt = E.get_classifier(progress=log)
+    rebuilt = C.get_classifier(progress=log)
     assert "unusable, retraining" in log.getvalue()
     assert rebuilt.info["source"] == "trained"
-    assert E.load_classifier(path, TINY_SPEC).info["source"] == "cache"     # the file is good again
+    assert C.load_classifier(path, TINY_SPEC).info["source"] == "cache"     # the file is good again
     np.testing.assert_array_equal(rebuilt.net.dense_layers[0].params["W"], good.net.dense_layers[0].params["W"])
 
 
 @pytest.mark.slow
 def test_full_classifier_reaches_97_5_percent(tmp_path, monkeypatch):
     monkeypatch.setenv("NPVAE_CACHE_DIR", str(tmp_path))
-    clf = E.get_classifier(progress=False)
-    assert clf.spec == E.ClassifierSpec()
+    clf = C.get_classifier(progress=False)
+    assert clf.spec == C.ClassifierSpec()
     assert clf.test_accuracy >= 0.975
     from npvae.data import load_mnist
     x, y = load_mnist("test")
     assert clf.accuracy(x, y) == pytest.approx(clf.test_accuracy)
-    assert E.get_classifier(progress=False).info["source"] == "cache"
+    assert C.get_classifier(progress=False).info["source"] == "cache"
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +497,7 @@ def test_evaluate_run_with_a_tiny_classifier(tiny_runs, tiny_cache):
     assert 0 <= res["sample_class_entropy"] <= math.log(10) + 1e-12
     assert sum(res["sample_class_histogram"]) == 300
     assert "samples: class entropy" in E.format_table(res)
-    assert E.classifier_path().exists()          # trained once and cached in NPVAE_CACHE_DIR
+    assert C.classifier_path().exists()          # trained once and cached in NPVAE_CACHE_DIR
 
 
 def test_evaluate_run_autoencoder_reports_recon_only(tiny_runs):

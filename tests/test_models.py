@@ -16,7 +16,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from npvae import losses
 from npvae.gradcheck import TOLERANCE, check_model, check_reparameterize
 from npvae.layers import Dense, Layer, Sequential
 from npvae.models import VAE, Autoencoder, Reparameterize
