@@ -134,6 +134,35 @@ class Progress:
             self.stream.flush()
 
 
+def progress_stream(progress: bool | TextIO | None) -> TextIO | None:
+    """progress=True: stderr; False/None: silent; a stream: that stream."""
+    if progress is True:
+        return sys.stderr
+    if not progress:
+        return None
+    return progress
+
+
+class Ticker:
+    """Writes a line at every ~10% of `total` units of work, with the elapsed time and an ETA."""
+
+    def __init__(self, what: str, total: int, stream: TextIO | None, unit: str = "images") -> None:
+        self.what, self.total, self.stream, self.unit = what, max(1, total), stream, unit
+        self.start = time.perf_counter()
+        self.next_tenth = 1
+
+    def update(self, done: int, extra: str = "") -> None:
+        if self.stream is None or done * 10 < self.next_tenth * self.total:
+            return
+        while done * 10 >= self.next_tenth * self.total:
+            self.next_tenth += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / max(done, 1) * (self.total - done)
+        self.stream.write(f"  {self.what}: {done:,}/{self.total:,} {self.unit} ({100 * done / self.total:3.0f}%), "
+                          f"{elapsed:.1f} s, ~{left:.0f} s left{extra}\n")
+        self.stream.flush()
+
+
 def format_epoch(row: dict) -> str:
     """One line per epoch: train and test loss with their parts, beta and the time."""
     def part(prefix: str) -> str:
