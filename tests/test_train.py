@@ -244,7 +244,9 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "npvae", "train", *SMALL, "--epochs", "100000",
                              "--out", str(out), "--no-figures"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a shell running us in the background may have left SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while time.time() < deadline:     # wait until at least one epoch is complete
