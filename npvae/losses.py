@@ -7,6 +7,12 @@ gradients returned are gradients of that batch mean, so they carry a factor 1 / 
 The `*_per_example` functions return the per-example sums (N,) without gradients; evaluation
 code uses them.
 
+Speed: the reconstruction losses work on (N, D) arrays, the largest of a training step. They
+compute in place, one NumPy operation at a time, in at most two arrays: the gradient they return
+and one scratch array. Given `buffers` (a dict, see `npvae.layers.reusable`), both are kept there
+and reused on the next call, so the training step allocates nothing here; the returned gradient
+is then overwritten by the next call with the same `buffers`.
+
 Shapes: N batch size, D pixels, Z latent dimensions, C classes.
 """
 
@@ -14,9 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import sigmoid
+from .layers import reusable, sigmoid
 
 Array = np.ndarray
+
+
+def _scratch(buffers: dict[str, Array] | None, name: str, logits: Array, x: Array) -> Array:
+    """An uninitialised array of the shape of logits: kept in `buffers` if given, else new."""
+    dtype = np.result_type(logits, x)
+    if buffers is None:
+        return np.empty(logits.shape, dtype=dtype)
+    return reusable(buffers, name, logits.shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -30,18 +44,21 @@ def l2_per_example(logits: Array, x: Array) -> Array:
     return np.einsum("nd,nd->n", diff, diff)
 
 
-def l2_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
+def l2_reconstruction(logits: Array, x: Array, buffers: dict[str, Array] | None = None) -> tuple[float, Array]:
     """The seed's loss: L = mean_n sum_d (x_nd - x_hat_nd)^2, with x_hat = sigmoid(logits).
 
-    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)).
+    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)). buffers: see the module docstring.
     """
     # dL/dx_hat = 2 (x_hat - x) / N and dx_hat/dlogits = x_hat (1 - x_hat), so
     # dL/dlogits = 2 (x_hat - x) x_hat (1 - x_hat) / N.
     n = x.shape[0]
-    x_hat = sigmoid(logits)
-    diff = x_hat - x
+    x_hat = sigmoid(logits, out=_scratch(buffers, "work", logits, x))
+    diff = np.subtract(x_hat, x, out=_scratch(buffers, "dlogits", logits, x))
     loss = np.einsum("nd,nd->", diff, diff) / n
-    dlogits = diff * (x_hat * (1 - x_hat)) * (2 / n)
+    dlogits = diff                                       # built in place from here on
+    dlogits *= x_hat
+    dlogits *= np.subtract(1, x_hat, out=x_hat)          # 1 - x_hat (x_hat itself is done with)
+    dlogits *= 2 / n
     return float(loss), dlogits
 
 
@@ -52,19 +69,35 @@ def bernoulli_per_example(logits: Array, x: Array) -> Array:
     The last form never exponentiates a positive number, so logits of +-1000 stay finite.
     Targets x may be anywhere in [0, 1] (continuous pixels are the usual case).
     """
-    per_pixel = np.maximum(logits, 0) - x * logits + np.log1p(np.exp(-np.abs(logits)))
-    return per_pixel.sum(axis=1)
+    out, work = _scratch(None, "out", logits, x), _scratch(None, "work", logits, x)
+    return _bernoulli_per_pixel(logits, x, out, work).sum(axis=1)
 
 
-def bernoulli_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
+def _bernoulli_per_pixel(logits: Array, x: Array, out: Array, work: Array) -> Array:
+    """max(l, 0) - x l + log(1 + exp(-|l|)) for each pixel, written into `out`, one in-place step
+    at a time (`work`: scratch space of the same shape). Returns out."""
+    bce = np.abs(logits, out=out)
+    np.negative(bce, out=bce)
+    np.exp(bce, out=bce)
+    np.log1p(bce, out=bce)                               # log(1 + exp(-|l|))
+    bce += np.maximum(logits, 0, out=work)
+    bce -= np.multiply(x, logits, out=work)
+    return bce
+
+
+def bernoulli_reconstruction(logits: Array, x: Array,
+                             buffers: dict[str, Array] | None = None) -> tuple[float, Array]:
     """Bernoulli negative log-likelihood L = mean_n sum_d BCE(logits_nd, x_nd).
 
-    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)).
+    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)). buffers: see the module docstring.
     """
-    # d/dl [softplus(l) - x l] = sigmoid(l) - x, divided by N for the batch mean.
     n = x.shape[0]
-    loss = bernoulli_per_example(logits, x).sum() / n
-    dlogits = (sigmoid(logits) - x) * (1 / n)
+    dlogits = _scratch(buffers, "dlogits", logits, x)   # scratch space until the gradient goes in
+    loss = _bernoulli_per_pixel(logits, x, _scratch(buffers, "work", logits, x), work=dlogits).sum() / n
+    # d/dl [softplus(l) - x l] = sigmoid(l) - x, divided by N for the batch mean.
+    sigmoid(logits, out=dlogits)
+    dlogits -= x
+    dlogits *= 1 / n
     return float(loss), dlogits
 
 

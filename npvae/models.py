@@ -4,6 +4,11 @@ Autoencoder:  x -> encoder -> z -> decoder -> logits, x_hat = sigmoid(logits)
 VAE:          x -> encoder -> (mu, logvar) -> z = mu + exp(0.5 * logvar) * eps -> decoder -> logits
 
 Shapes: N batch, D input (784 for MNIST), H hidden, Z latent.
+
+Speed: `loss_and_grads`, the training step, runs every layer with reuse=True (see npvae.layers),
+so the step's intermediate arrays are the same ones from step to step. All it hands back are
+floats and `self.grads`. The other public methods (encode, decode, sample, reconstruct, loss)
+return new arrays, which stay valid whatever is called next.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import losses
-from .layers import Dense, Layer, Sequential, as_generator, mlp, pack_layers, sigmoid
+from .layers import Dense, Layer, Sequential, as_generator, mlp, pack_layers, reusable, sigmoid
 
 Array = np.ndarray
 
@@ -66,6 +71,7 @@ class _Model:
         self.decoder_hidden_dims = [int(h) for h in decoder_hidden_dims]
         self.likelihood, self.activation = likelihood, activation
         self.rng = as_generator(rng)
+        self.buffers: dict[str, Array] = {}    # arrays the training step reuses (npvae.layers.reusable)
         return self.rng
 
     def _build(self, named: dict[str, Layer]) -> None:
@@ -93,11 +99,12 @@ class _Model:
             raise ValueError(f"x must be a floating-point array (pixels scaled to [0, 1]), got dtype {x.dtype}")
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch (shape (0, D))")
-        if not np.isfinite(x).all():
+        # min and max propagate NaN, so two passes over x also find any NaN or inf.
+        lo, hi = x.min(), x.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError("x contains NaN or inf")
         # The decoder's outputs lie in (0, 1), so targets outside [0, 1] are a mistake (most
         # often pixels not divided by 255), for either likelihood.
-        lo, hi = x.min(), x.max()
         if lo < 0 or hi > 1:
             raise ValueError(f"x must have values in [0, 1] (the {self.likelihood} likelihood's targets), "
                              f"got values in [{lo:g}, {hi:g}]")
@@ -120,7 +127,8 @@ class _Model:
         return sigmoid(self.decode_logits(z))
 
     def _recon(self, logits: Array, x: Array) -> tuple[float, Array]:
-        return losses.RECONSTRUCTION[self.likelihood](logits, x)
+        """The reconstruction loss and its gradient, in arrays kept for the next training step."""
+        return losses.RECONSTRUCTION[self.likelihood](logits, x, buffers=self.buffers)
 
     @property
     def num_params(self) -> int:
@@ -168,11 +176,11 @@ class Autoencoder(_Model):
         """Loss and gradients for one batch. x: (N, D). `eps` is accepted for a uniform interface
         with the VAE and ignored (an autoencoder draws nothing). Returns (report, self.grads)."""
         x = self._check_x(x)
-        z = self.encoder.forward(x)                      # (N, Z)
-        logits = self.decoder.forward(z)                 # (N, D)
+        z = self.encoder.forward(x, reuse=True)          # (N, Z)
+        logits = self.decoder.forward(z, reuse=True)     # (N, D)
         recon, dlogits = self._recon(logits, x)
-        dz = self.decoder.backward(dlogits)              # (N, Z)
-        self.encoder.backward(dz, need_dx=False)
+        dz = self.decoder.backward(dlogits, reuse=True)  # (N, Z)
+        self.encoder.backward(dz, need_dx=False, reuse=True)
         return {"loss": recon, "recon": recon}, self.grads
 
 
@@ -211,8 +219,8 @@ class VAE(_Model):
         """The Gaussian of each image. x: (N, D) -> (mu, logvar), each (N, Z)."""
         return self._encode(self._check_x(x))
 
-    def _encode(self, x: Array) -> tuple[Array, Array]:
-        out = self.head.forward(self.encoder.forward(x))        # (N, 2Z) = [mu | logvar]
+    def _encode(self, x: Array, reuse: bool = False) -> tuple[Array, Array]:
+        out = self.head.forward(self.encoder.forward(x, reuse=reuse), reuse=reuse)   # (N, 2Z) = [mu | logvar]
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
     def _eps(self, eps: Array | None, n: int) -> Array:
@@ -234,10 +242,10 @@ class VAE(_Model):
         mu, _ = self.encode(x)
         return self.decode(mu)
 
-    def _forward(self, x: Array, eps: Array) -> tuple[float, float, Array]:
-        mu, logvar = self._encode(x)
+    def _forward(self, x: Array, eps: Array, reuse: bool = False) -> tuple[Array, Array, Array]:
+        mu, logvar = self._encode(x, reuse)
         z = self.reparam.forward(mu, logvar, eps)                 # (N, Z)
-        logits = self.decoder.forward(z)                          # (N, D)
+        logits = self.decoder.forward(z, reuse=reuse)             # (N, D)
         return mu, logvar, logits
 
     def loss(self, x: Array, eps: Array | None = None) -> dict[str, float]:
@@ -256,17 +264,27 @@ class VAE(_Model):
         grads is self.grads, filled with the gradients of "loss".
         """
         x = self._check_x(x)
-        mu, logvar, logits = self._forward(x, self._eps(eps, x.shape[0]))
+        n, Z = x.shape[0], self.latent_dim
+        mu, logvar, logits = self._forward(x, self._eps(eps, n), reuse=True)
         recon, dlogits = self._recon(logits, x)
         kl, dmu_kl, dlogvar_kl = losses.kl_standard_normal(mu, logvar)
 
         # Backward: loss = recon(decoder(z)) + beta * KL(mu, logvar), z = mu + sigma * eps.
-        dz = self.decoder.backward(dlogits)                       # (N, Z)
+        dz = self.decoder.backward(dlogits, reuse=True)           # (N, Z)
         dmu, dlogvar = self.reparam.backward(dz)                  # through the sampling step
+        # dL/d[mu | logvar], written straight into the two halves of one (N, 2Z) array:
+        # dmu + beta * dKL/dmu on the left, dlogvar + beta * dKL/dlogvar on the right.
         beta = self.dtype.type(self.beta)
-        dhead = np.concatenate([dmu + beta * dmu_kl, dlogvar + beta * dlogvar_kl], axis=1)  # (N, 2Z)
-        dh = self.head.backward(dhead)
-        self.encoder.backward(dh, need_dx=False)
+        dhead = reusable(self.buffers, "dhead", (n, 2 * Z), self.dtype)       # (N, 2Z)
+        dhead_mu, dhead_logvar = dhead[:, :Z], dhead[:, Z:]                  # views into dhead
+        np.multiply(dmu_kl, beta, out=dhead_mu)
+        dhead_mu += dmu
+        np.multiply(dlogvar_kl, beta, out=dhead_logvar)
+        dhead_logvar += dlogvar
+        # With no hidden layers the head's input is x itself, whose gradient nobody needs.
+        dh = self.head.backward(dhead, need_dx=bool(self.encoder.layers), reuse=True)
+        if dh is not None:
+            self.encoder.backward(dh, need_dx=False, reuse=True)
         return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl}, self.grads
 
     def config(self) -> dict:

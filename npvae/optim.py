@@ -124,13 +124,14 @@ class Adam(Optimizer):
         tmp -= v
         tmp *= 1 - self.b2
         v += tmp
-        # p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+        # p -= lr * (m / bc1) / (sqrt(v / bc2) + eps). Multiplying the top and the bottom by
+        # sqrt(bc2) moves both bias corrections into two scalars, which saves a pass over the
+        # buffer: p -= step * m / (sqrt(v) + eps * sqrt(bc2)), with step = lr * sqrt(bc2) / bc1.
         bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
         np.sqrt(v, out=tmp)
-        tmp *= 1 / math.sqrt(bc2)
-        tmp += self.eps
+        tmp += self.eps * math.sqrt(bc2)
         np.divide(m, tmp, out=tmp)
-        tmp *= self.lr / bc1
+        tmp *= self.lr * math.sqrt(bc2) / bc1
         self.flat -= tmp
 
     def state_dict(self) -> dict[str, Array]:

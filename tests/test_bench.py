@@ -1,0 +1,197 @@
+"""Tests for npvae.bench: the FLOP count against a hand count, the JSON that `npvae bench --quick`
+writes, the PyTorch-absent path, and the thread-count re-execution. No timing is asserted: the
+machines that run tests are too noisy for that."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from npvae import bench
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def one_thread_environment(mp):
+    """As if the bench had been started with one BLAS thread: then it never re-executes itself,
+    with or without threadpoolctl (which is not a dependency)."""
+    for var in bench.THREAD_VARIABLES:
+        mp.setenv(var, "1")
+
+
+# --------------------------------------------------------------------------------------------
+# Counting the matrix products
+# --------------------------------------------------------------------------------------------
+
+
+def test_step_matmuls_of_a_tiny_vae_by_hand():
+    # VAE 5-4-2 on a batch of 3: Dense layers enc0 5->4, head 4->4 ([mu | logvar]), dec0 2->4, dec1 4->5.
+    # forward x @ W:     2 * 3 * (5*4 + 4*4 + 2*4 + 4*5) = 6 * 64 = 384
+    # dW = x.T @ dout:   the same products in another order: 384
+    # dx = dout @ W.T:   all but enc0 (its input is data): 6 * (16 + 8 + 20) = 264
+    products = bench.step_matmuls(5, [4], 2, 3)
+    assert sum(p["flops"] for p in products) == 384 + 384 + 264
+    assert [(p["layer"], p["kind"]) for p in products] == [
+        ("enc0", "forward"), ("enc0", "dW"),
+        ("head", "forward"), ("head", "dW"), ("head", "dx"),
+        ("dec0", "forward"), ("dec0", "dW"), ("dec0", "dx"),
+        ("dec1", "forward"), ("dec1", "dW"), ("dec1", "dx")]
+    head_dx = products[4]
+    assert (head_dx["m"], head_dx["k"], head_dx["n"]) == (3, 4, 4)      # (N, 2Z) x (2Z, H)
+    for p in products:
+        assert p["flops"] == 2 * p["m"] * p["k"] * p["n"]
+
+
+def test_step_matmuls_with_two_hidden_layers_and_the_issue_figure():
+    names = [p["layer"] for p in bench.step_matmuls(784, [400, 200], 20, 128) if p["kind"] == "forward"]
+    assert names == ["enc0", "enc1", "head", "dec0", "dec1", "dec2"]
+    # The PyTorch example's model: about 197 GFLOP per epoch of 60,000 images (3.28 MFLOP per image).
+    per_image = sum(p["flops"] for p in bench.step_matmuls(784, [400], 20, 1))
+    assert per_image == 2 * (2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784) + (40 * 400 + 400 * 20 + 784 * 400))
+    assert round(60_000 * per_image / 1e9) == 197
+
+
+def test_epoch_batches_and_floor_counts_the_last_smaller_batch():
+    assert bench.epoch_batches(1000, 128) == [128] * 7 + [104]
+    assert bench.epoch_batches(256, 128) == [128, 128]
+    floor = bench.matmul_floor(6, [5], 2, 4, images=10, min_seconds=0.001)
+    per_image = sum(p["flops"] for p in bench.step_matmuls(6, [5], 2, 1))
+    assert floor["flops_per_epoch"] == 10 * per_image           # FLOPs are linear in the batch size
+    assert floor["flops_per_step"] == 4 * per_image
+    assert floor["seconds_per_epoch"] > 0 and floor["gflops_per_second"] > 0
+
+
+@pytest.mark.parametrize("kind", ["forward", "dW", "dx"])
+def test_time_matmul_runs_each_layout(kind):
+    assert 0 < bench.time_matmul(kind, 8, 6, 4, min_seconds=0.001) < 1
+
+
+# --------------------------------------------------------------------------------------------
+# The whole bench in --quick mode
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """One `npvae bench --quick` run without PyTorch (as if it were not installed), counting calls of fit."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    mp = pytest.MonkeyPatch()
+    one_thread_environment(mp)
+    mp.setattr(bench, "_import_torch", lambda: None)
+    calls = []
+    real_fit = bench.fit
+    mp.setattr(bench, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    try:
+        code = bench.run(parse(["--quick", "--threads", "1", "--json", str(path)]))
+    finally:
+        mp.undo()
+    assert code == 0
+    return json.loads(path.read_text()), calls
+
+
+def test_quick_bench_times_the_real_training_path(quick_results):
+    results, fit_calls = quick_results
+    # warm-up + timed epoch of the main model, and a warm-up + a timed epoch per scaling configuration
+    assert len(fit_calls) == 2 + 2 * len(results["scaling"])
+
+
+def test_quick_bench_json_has_every_part(quick_results):
+    r, _ = quick_results
+    assert set(r) >= {"machine", "settings", "floor", "npvae", "pytorch", "memory", "scaling"}
+    s = r["settings"]
+    assert s["threads"] == 1 and s["batch_size"] == 128 and s["quick"] is True
+    assert isinstance(r["machine"]["cpu"], str) and r["machine"]["numpy"] == np.__version__
+
+    npv = r["npvae"]
+    assert len(npv["epoch_seconds"]) == 1 and npv["median_epoch_seconds"] > 0
+    assert math.isfinite(npv["final_train_loss"])
+    assert 0 < npv["fraction_of_floor"] <= 1.5
+
+    fl = r["floor"]
+    assert round(fl["flops_per_epoch"] / 1e9) == 197 and fl["flops_per_step"] > 0
+    assert fl["gflops_per_second"] > 0 and fl["seconds_per_epoch"] > 0
+    assert len(fl["products"]) == 11
+    assert all(p["seconds"] > 0 and p["gflops_per_second"] > 0 for p in fl["products"])
+
+    assert r["pytorch"] == {"available": False, "note": "PyTorch not installed: skipped"}
+
+    mem = r["memory"]
+    for key in ("train_peak_rss_mb", "bench_peak_rss_mb_npvae", "bench_peak_rss_mb_final"):
+        assert isinstance(mem[key], float) and 10 < mem[key] < 10_000, key
+    assert mem["train_command"].startswith("npvae train")
+
+    rows = r["scaling"]
+    assert {(row["hidden"], row["batch_size"]) for row in rows} == {
+        (200, 128), (400, 128), (800, 128), (1600, 128), (400, 32), (400, 512)}
+    for row in rows:
+        assert row["seconds_per_epoch"] > 0 and row["floor_seconds_per_epoch"] > 0
+        assert 0 < row["fraction_of_floor"] <= 1.5, row
+    by_hidden = {row["hidden"]: row["gflops_per_epoch"] for row in rows if row["batch_size"] == 128}
+    assert by_hidden[200] < by_hidden[400] < by_hidden[800] < by_hidden[1600]
+
+
+def test_report_prints_the_tables(quick_results):
+    r, _ = quick_results
+    text = bench.report(r)
+    for part in ("npvae (train.fit)", "matmul floor", "PyTorch not installed: skipped", "peak resident memory",
+                 "| hidden | batch |", "GFLOP"):
+        assert part in text, part
+
+
+def test_bench_with_pytorch_when_installed(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    one_thread_environment(monkeypatch)
+    path = tmp_path / "b.json"
+    args = ["--quick", "--threads", "1", "--images", "512", "--no-scaling", "--no-train-memory", "--json", str(path)]
+    assert bench.run(parse(args)) == 0
+    pt = json.loads(path.read_text())["pytorch"]
+    assert pt["available"] is True and pt["threads"] == 1
+    assert pt["median_epoch_seconds"] > 0 and pt["ratio_npvae_to_pytorch"] > 0
+    assert math.isfinite(pt["final_train_loss"])
+
+
+def test_no_torch_option_skips_with_a_note(tmp_path, monkeypatch):
+    one_thread_environment(monkeypatch)
+    path = tmp_path / "b.json"
+    args = ["--quick", "--threads", "1", "--images", "256", "--no-torch", "--no-scaling", "--no-train-memory",
+            "--json", str(path)]
+    assert bench.run(parse(args)) == 0
+    r = json.loads(path.read_text())
+    assert r["pytorch"] == {"available": False, "note": "PyTorch: skipped (--no-torch)"}
+    assert r["scaling"] == [] and "train_peak_rss_mb" not in r["memory"]
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+
+
+def test_argv_gives_the_same_options_back():
+    args = parse(["--quick", "--threads", "3", "--epochs", "2", "--json", "x.json", "--no-torch"])
+    assert parse(bench._argv(args)) == args
+    assert parse(bench._argv(parse([]))) == parse([])
+
+
+def test_without_threadpoolctl_the_bench_reruns_itself_with_the_thread_variables(monkeypatch):
+    monkeypatch.setattr(bench, "limit_blas_threads", lambda n: None)
+    for var in bench.THREAD_VARIABLES + (bench._CHILD,):
+        monkeypatch.delenv(var, raising=False)
+    seen = {}
+
+    def fake_call(cmd, env):
+        seen.update(cmd=cmd, env=env)
+        return 7
+
+    monkeypatch.setattr(bench.subprocess, "call", fake_call)
+    assert bench.run(parse(["--threads", "3", "--quick"])) == 7
+    assert seen["cmd"][1:3] == ["-m", "npvae.bench"] and "--quick" in seen["cmd"]
+    assert seen["cmd"][seen["cmd"].index("--threads") + 1] == "3"
+    assert all(seen["env"][v] == "3" for v in bench.THREAD_VARIABLES) and seen["env"][bench._CHILD] == "1"
