@@ -245,7 +245,9 @@ def load_mnist_uint8(split: str = "train", data_dir: str | os.PathLike | None = 
     Every file is always checked structurally (see decode_idx).
 
     Decoded arrays are cached in memory and as SHA-256-checked .npy files under
-    cache_root(), so every load after the first takes a fraction of a second.
+    cache_root(), so every load after the first takes a fraction of a second. The images
+    returned are read-only views of the in-memory cache (so nobody can damage it); the labels
+    are a new array.
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -260,7 +262,9 @@ def load_mnist_uint8(split: str = "train", data_dir: str | os.PathLike | None = 
             raise ValueError(f"{path}: expected {ndim}-d uint8 data, found {array.ndim}-d {array.dtype}")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels")
-    return images.reshape(images.shape[0], -1).copy(), labels.astype(np.int64)
+    # The images are the cache's own read-only array (a view, no copy: 47 MB saved for the
+    # training set); writing to them raises an error. Copy them to change them.
+    return images.reshape(images.shape[0], -1), labels.astype(np.int64)
 
 
 def to_float(images_uint8: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:

@@ -144,14 +144,18 @@ def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
 # --------------------------------------------------------------------------------------------
 
 
-def _codes(model, x: np.ndarray) -> np.ndarray:
-    """The point in latent space of each image: mu for a VAE, z for an autoencoder."""
-    return model.encode(x)[0] if isinstance(model, VAE) else model.encode(x)
+def _codes(model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The point in latent space of each image (uint8 or float): mu for a VAE, z for an AE. (N, Z)."""
+    codes = []
+    for start in range(0, len(images), batch_size):
+        x = as_float(images[start:start + batch_size])
+        codes.append(model.encode(x)[0] if isinstance(model, VAE) else model.encode(x))
+    return np.concatenate(codes)
 
 
 def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12) -> Path:
     from . import plots
-    x = x_test[:n]
+    x = as_float(x_test[:n])
     recon = model.decode(_codes(model, x))
     return plots.reconstructions(x, recon, out / "reconstructions.png",
                                  title=f"Test images (top) and their reconstructions (bottom), {type(model).__name__}")
@@ -191,6 +195,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
 
 
 def as_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1]; floats unchanged."""
     return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
 
 
@@ -260,7 +265,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         raise
     stream.write(f"Trained {cfg['epochs']} epochs in {time.perf_counter() - start:.1f} s.\n")
     if figures:
-        paths = write_figures(model, history, as_float(x_test), y_test, out, seed=cfg["seed"])
+        paths = write_figures(model, history, x_test, y_test, out, seed=cfg["seed"])
         stream.write("Figures:\n" + "".join(f"  {p}\n" for p in paths))
     stream.write(f"Checkpoint: {ckpt_path}\nHistory: {out / 'history.csv'}, {out / 'history.json'}\n")
     return out

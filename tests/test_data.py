@@ -196,9 +196,11 @@ def test_mnist_train_split(mnist_train_uint8):
     np.testing.assert_array_equal(data.to_float(images[:100]), data.load_mnist("train")[0][:100])
 
 
-def test_returned_arrays_are_private_copies(mnist_test):
+def test_returned_images_are_read_only_and_labels_private(mnist_test):
     images, labels = data.load_mnist_uint8("test")
-    images[:] = 0
+    assert not images.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        images[:] = 0
     labels[:] = -1
     again, labels_again = data.load_mnist_uint8("test")
     np.testing.assert_array_equal(data.to_float(again), mnist_test[0])
