@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         panels.append({"title": "classifier confidence", "xlabel": "d (code spreads from a training code)",
                        "ylabel": "mean max softmax probability", "ylim": (0, 1.02),
                        "series": {name: (DISTANCES, sweep[name]["confidence"]) for name in models}})
-    C.wrote(C.line_chart(panels, args.out / "ae_vs_vae_breakdown.png",
-                         title="Stepping away from a training image's code: where does each decoder break down?"))
+    C.wrote(plots.line_chart(panels, args.out / "ae_vs_vae_breakdown.png",
+                             title="Stepping away from a training image's code: where does each decoder break down?"))
 
     # -- the numbers in one figure -------------------------------------------------------------
     grey, ae_c, vae_c = "0.6", "C0", "C1"
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         panels.append({"title": "digit classifier's confidence\n(higher: more like a digit)",
                        "ylabel": "mean max softmax probability", "values": numbers["confidence"],
                        "colors": [colour(k) for k in numbers["confidence"]]})
-    C.wrote(C.bar_panels(panels, args.out / "ae_vs_vae_numbers.png",
-                         title="Autoencoder (blue) versus VAE (orange): reconstructions and decodes of random codes"))
+    C.wrote(plots.bar_panels(panels, args.out / "ae_vs_vae_numbers.png",
+                             title="Autoencoder (blue) versus VAE (orange): reconstructions and decodes of random codes"))
     C.done(args)
 
 

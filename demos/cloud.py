@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
 
     chosen = [int(np.flatnonzero(y_test == d)[0]) for d in DIGITS]
     clouds = [(mu[i], sigma[i], str(k + 1)) for k, i in enumerate(chosen)]
-    C.wrote(C.cloud_scatter(mu, y_test, args.out / "cloud.png", clouds=clouds,
-                            title="2-D VAE: the centre mu of every test image (dots), and the clouds\n"
-                                  "mu ± 2 sigma of five test images (numbered ellipses)"))
+    C.wrote(plots.latent_scatter(mu, y_test, args.out / "cloud.png", ellipses=clouds, legend_title="digit",
+                                 title="2-D VAE: the centre mu of every test image (dots), and the clouds\n"
+                                       "mu ± 2 sigma of five test images (numbered ellipses)"))
 
     eps = rng.standard_normal((DRAWS, 2)).astype(np.float32)
     rows, labels = [], []

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                     "ylabel": "nats (log 10 = 2.30: all digits equally)", "ylim": (0, 2.4),
                     "series": {"samples": (TEMPERATURES, stats["class_entropy"])},
                     "hline": (real["class_entropy"], "real test digits")}]
-    C.wrote(C.line_chart(panels, args.out / "generation_numbers.png", ncols=2,
-                         title=f"Sampling z ~ N(0, T² I) from the seed's VAE: {n} samples per temperature"))
+    C.wrote(plots.line_chart(panels, args.out / "generation_numbers.png", ncols=2,
+                             title=f"Sampling z ~ N(0, T² I) from the seed's VAE: {n} samples per temperature"))
     C.done(args)
 
 

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     if clf is not None:
         panels.append({"title": "digit classifier's confidence", "xlabel": "t (0: first image, 1: second)",
                        "ylabel": "mean max softmax probability", "series": curves["confidence"]})
-    C.wrote(C.line_chart(panels, args.out / "interpolation_paths.png",
-                         title=f"Along the paths between {len(a_idx)} pairs of test images (averages)"))
+    C.wrote(plots.line_chart(panels, args.out / "interpolation_paths.png",
+                             title=f"Along the paths between {len(a_idx)} pairs of test images (averages)"))
     C.done(args)
 
 

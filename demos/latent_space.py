@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
               f"inside the circle holding 95 % of N(0, I); 5-NN digit accuracy from the codes "
               f"{100 * knn_accuracy(C.codes_of(m, ref_x), ref_y, z, y_test):.1f} %")
         C.wrote(plots.latent_scatter(
-            z, y_test, args.out / f"latent_{name.lower()}.png",
+            z, y_test, args.out / f"latent_{name.lower()}.png", legend_title="digit",
             title=f"{name} with a 2-D latent space: the {len(z):,} test images' codes"
                   + (" (mu)" if name == "VAE" else "")))
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             what = "z = mean + std * Phi^-1(p) per axis, quantiles of a Gaussian fitted to its codes"
         unit = np.stack([np.tile(q, GRID), np.repeat(q[::-1], GRID)], axis=1)   # row-major, top row = high z2
         images = m.decode((centre + scale * unit).astype(np.float32))
+        z1_values, z2_values = centre[0] + scale[0] * q, centre[1] + scale[1] * q[::-1]   # columns; rows, top first
         dist, _ = nearest(images)
         line = f"  {name}: {what}; mean distance to the nearest training image {dist.mean():.4f}"
         if clf is not None:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
         C.wrote(plots.latent_manifold(
             images, args.out / f"manifold_{name.lower()}.png", grid_size=GRID,
+            z1_values=z1_values, z2_values=z2_values,
             title=f"{name}: decodes of a {GRID} x {GRID} grid, "
                   + ("z = Φ⁻¹(p), p = 0.025 … 0.975 per axis (z1 →, z2 ↑)" if name == "VAE" else
                      "z = mean + std · Φ⁻¹(p) of its codes, p = 0.025 … 0.975 (z1 →, z2 ↑)")))
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
               f"({100 * explained[0]:.0f} + {100 * explained[1]:.0f}); {int(np.sum(var > 0.01))} of 20 dimensions "
               f"vary across the data (variance > 0.01); 5-NN digit accuracy from the 20-D codes "
               f"{100 * knn_accuracy(C.codes_of(m, ref_x), ref_y, z, y_test):.1f} %")
-        C.wrote(C.cloud_scatter(
-            projected, y_test, args.out / f"latent_pca_{name.lower()}.png",
-            xlabel="first principal axis", ylabel="second principal axis", max_points=6000,
+        C.wrote(plots.latent_scatter(
+            projected, y_test, args.out / f"latent_pca_{name.lower()}.png", legend_title="digit",
+            xlabel="PC1 (first principal axis)", ylabel="PC2 (second principal axis)", max_points=6000,
             title=f"{name} with a 20-D latent space: test codes on their two principal axes\n"
                   f"(PCA by SVD, {100 * explained.sum():.0f} % of the variance; {min(6000, len(z)):,} "
                   f"random test images shown)"))

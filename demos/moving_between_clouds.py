@@ -110,10 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     starts = [int(np.flatnonzero(y_test == a)[0]) for a, _ in MOVES]
     moves = {name: [(1 - t)[:, None] * mus[name][i] + t[:, None] * centres[name][b]
                     for i, (_, b) in zip(starts, MOVES)] for name in models}
-    C.wrote(C.cloud_scatter(mus["2-D VAE"], y_test, args.out / "moving_clouds.png",
-                            points=[(c2[d], str(d)) for d in range(10)], paths=moves["2-D VAE"],
-                            title="2-D VAE: the centre of each digit's cloud (stars), and test images' codes\n"
-                                  "moved in a straight line toward another digit's centre (arrows)"))
+    C.wrote(plots.latent_scatter(mus["2-D VAE"], y_test, args.out / "moving_clouds.png",
+                                 points=[(c2[d], str(d)) for d in range(10)],
+                                 points_label="centre of a digit's cloud", paths=moves["2-D VAE"],
+                                 legend_title="digit",
+                                 title="2-D VAE: the centre of each digit's cloud (stars), and test images' codes\n"
+                                       "moved in a straight line toward another digit's centre (arrows)"))
     grids, labels = [], []
     for (a, b), k in zip(MOVES, range(len(MOVES))):
         for name, m in models.items():
@@ -145,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
                        "ylabel": f"fraction of decodes ({judge})", "ylim": (0, 1.02),
                        "series": {"the starting digit": (t, p_src), "the target digit": (t, p_dst),
                                   "another digit": (t, 1 - p_src - p_dst)}})
-    C.wrote(C.line_chart(panels, args.out / "moving_switch.png",
-                         title=f"Which digit the decodes show, moving {n} test images' codes toward "
-                               f"another digit's centre"))
+    C.wrote(plots.line_chart(panels, args.out / "moving_switch.png",
+                             title=f"Which digit the decodes show, moving {n} test images' codes toward "
+                                   "another digit's centre"))
 
     # -- attribute directions in the 20-D VAE ---------------------------------------------------
     C.heading("Attribute directions (20-D VAE): measured on digits 0-4, added to digits 5-9")
@@ -203,9 +205,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"(first column: the test image; then its code + alpha * direction, alpha = "
                   + ", ".join(f"{a:g}" for a in ALPHAS) + ")"))
     panels.append(kept_panel)
-    C.wrote(C.line_chart(panels, args.out / "attribute_measured.png",
-                         title="Adding an attribute direction to codes of other digits: the attribute measured "
-                               "on the decodes, and the digit"))
+    C.wrote(plots.line_chart(panels, args.out / "attribute_measured.png",
+                             title="Adding an attribute direction to codes of other digits: the attribute measured "
+                                   "on the decodes, and the digit"))
     C.done(args)
 
 

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     if clf is not None:
         from npvae import evaluate
 
+    likelihood = runs[BETAS[0]][0].likelihood          # "l2": the recon term is a sum of squared errors
     C.wrote(plots.beta_curves({f"beta = {beta:g}": hist for beta, (_, hist) in runs.items()},
-                              args.out / "two_losses.png",
+                              args.out / "two_losses.png", likelihood=likelihood,
                               title="The two terms of the VAE loss per epoch, for three weights beta of the KL term"))
 
     n = 300 if quick else 1000

@@ -1,4 +1,5 @@
-"""Figure helpers that write the standard PNG figures of a run (image grids, loss curves, latent plots)."""
+"""Figure helpers that write the standard PNG figures of a run (image grids, loss curves, latent plots),
+and general line and bar charts in panels."""
 
 from __future__ import annotations
 
@@ -257,29 +258,67 @@ def manifold_codes(grid_size: int, extent: tuple[float, float, float, float]) ->
     return np.stack([np.tile(z1, grid_size), np.repeat(z2, grid_size)], axis=1)
 
 
+def _tick_cells(count: int, most: int = 7) -> list[int]:
+    """Indices of the grid cells to tick: all of them, or 5-6 spread out symmetrically.
+
+    Symmetric (cell i ticked <=> cell count-1-i ticked), so a grid that is symmetric about 0,
+    like the Gaussian quantiles, gets ticks at +-z pairs: 5 ticks for an odd count, 6 for even.
+    """
+    if count <= most:
+        return list(range(count))
+    k = 5 if count % 2 else 6
+    left = [int(math.floor(x + 0.5)) for x in np.linspace(0, count - 1, k)[:(k + 1) // 2]]
+    return sorted(set(left) | {count - 1 - i for i in left})
+
+
+def _axis_values(values: Any, grid_size: int, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.shape != (grid_size,):
+        raise ValueError(f"{name} must have shape (grid_size,) = ({grid_size},), one value per "
+                         f"{'column' if name.startswith('z1') else 'row'}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
 def latent_manifold(images: Any, path: str | Path, *, grid_size: int,
                     extent: tuple[float, float, float, float] | None = None,
+                    z1_values: Any = None, z2_values: Any = None,
                     title: str | None = None,
                     image_shape: tuple[int, int] = (28, 28)) -> Path:
     """Draw decoded images (grid_size**2, H*W) as a grid_size x grid_size manifold.
 
     Images are row-major with the top row first, in the order of `manifold_codes`.
-    With extent=(z1_min, z1_max, z2_min, z2_max) the ticks show the z value of each tile.
+    The ticks show the z value of a few columns (z1) and rows (z2), given either as
+    extent=(z1_min, z1_max, z2_min, z2_max) for an evenly spaced grid, or, for any other
+    grid (say Gaussian quantiles), as z1_values (grid_size,): the z1 of each column, left
+    to right, and/or z2_values (grid_size,): the z2 of each row, top row first (so usually
+    decreasing, z2 growing upwards). Without either, the tiles are not ticked.
     """
     imgs = _as_images(images, image_shape)
     if grid_size < 1 or len(imgs) != grid_size * grid_size:
         raise ValueError(f"latent_manifold needs grid_size**2 = {grid_size * grid_size} "
                          f"images, got {len(imgs)}")
     h, w = imgs.shape[1:]
-    xticks = yticks = None
+    if extent is not None and (z1_values is not None or z2_values is not None):
+        raise ValueError("give either extent or z1_values/z2_values, not both")
+    z1 = z2 = None
+    fmt = "{:.3g}"
     if extent is not None:
         if len(extent) != 4:
             raise ValueError(f"extent must be (z1_min, z1_max, z2_min, z2_max), got {extent}")
         codes = manifold_codes(grid_size, extent)
         z1, z2 = codes[:grid_size, 0], codes[::grid_size, 1]
-        idx = _few(grid_size, most=7)
-        xticks = ([_centres(grid_size, w)[j] for j in idx], [f"{z1[j]:.2g}" for j in idx])
-        yticks = ([_centres(grid_size, h)[i] for i in idx], [f"{z2[i]:.2g}" for i in idx])
+        fmt = "{:.2g}"
+    if z1_values is not None:
+        z1 = _axis_values(z1_values, grid_size, "z1_values")
+    if z2_values is not None:
+        z2 = _axis_values(z2_values, grid_size, "z2_values")
+    idx = _tick_cells(grid_size)
+    xticks = None if z1 is None else ([_centres(grid_size, w)[j] for j in idx],
+                                      [fmt.format(z1[j] + 0.0) for j in idx])
+    yticks = None if z2 is None else ([_centres(grid_size, h)[i] for i in idx],
+                                      [fmt.format(z2[i] + 0.0) for i in idx])
     fig = _show_canvas(_tile(imgs, grid_size, grid_size, (h, w)), title,
                        xticks=xticks, yticks=yticks, xlabel="z1", ylabel="z2")
     return _save(fig, path)
@@ -321,33 +360,58 @@ def _style_curve_axes(ax, title: str, ylabel: str, epochs: Sequence[float]) -> N
     ax.grid(alpha=0.3)
 
 
+# The unit of the reconstruction term of each likelihood (npvae.losses): the Bernoulli
+# cross-entropy is a negative log-likelihood in nats; the L2 loss, a sum of squared errors over
+# the pixels, is not (it is -log N(x; x_hat, I/2) minus a constant, see npvae.evaluate).
+RECON_UNITS = {"l2": "sum of squared errors per image", "bernoulli": "nats per image"}
+KL_UNIT = "nats per image"
+
+
+def _recon_label(likelihood: str | None, explicit: str | None, fallback: str) -> str:
+    """The y label of a reconstruction panel: `explicit`, else the likelihood's unit, else `fallback`."""
+    if likelihood is not None and likelihood not in RECON_UNITS:
+        raise ValueError(f"likelihood must be one of {sorted(RECON_UNITS)} or None, got {likelihood!r}")
+    if explicit:
+        return explicit
+    return RECON_UNITS[likelihood] if likelihood is not None else fallback
+
+
 def training_curves(history: Sequence[Mapping[str, float]], path: str | Path, *,
-                    title: str | None = None, ylabel: str | None = None) -> Path:
+                    title: str | None = None, ylabel: str | None = None,
+                    likelihood: str | None = None, recon_ylabel: str | None = None) -> Path:
     """Plot per-epoch losses: reconstruction (left) and KL (right), train solid, test dashed.
 
     history: list of dicts like {"epoch", "train_recon", "train_kl", "test_recon", ...};
     KL and test keys may be missing (autoencoder / no test set). Without recon keys the
     total "train_loss"/"test_loss" is drawn instead.
+
+    Units: the KL panel is in nats per image. The reconstruction panel's unit depends on the
+    likelihood: likelihood="l2" labels it "sum of squared errors per image" (the L2 loss is
+    not in nats), "bernoulli" "nats per image"; with neither it is "reconstruction loss per
+    image". recon_ylabel sets the reconstruction panel's label directly; ylabel sets the
+    label of every panel (recon_ylabel, when given, still wins on the reconstruction panel).
     """
     _check_history(history)
     has_kl = _has(history, "train_kl", "test_kl")
     base = "recon" if _has(history, "train_recon", "test_recon") else "loss"
-    ylabel = ylabel or ("nats per image" if has_kl else
-                        "reconstruction loss per image" if base == "recon" else "loss per image")
-    panels = [(base, "reconstruction term" if base == "recon" else "loss")]
+    fallback = "reconstruction loss per image" if base == "recon" else "loss per image"
+    first_label = _recon_label(likelihood, recon_ylabel or ylabel, fallback)
+    if base == "loss" and has_kl:   # a VAE's total loss recon + beta * KL has no single unit
+        first_label = recon_ylabel or ylabel or fallback
+    panels = [(base, "reconstruction term" if base == "recon" else "loss", first_label)]
     if has_kl:
-        panels.append(("kl", "KL term  KL(q(z|x) || p(z))"))
+        panels.append(("kl", "KL term  KL(q(z|x) || p(z))", ylabel or KL_UNIT))
     fig = _new_figure((4.6 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     marker = "o" if len(history) <= 40 else None
-    for ax, (key, panel_title) in zip(axes, panels):
+    for ax, (key, panel_title, panel_ylabel) in zip(axes, panels):
         seen: list[float] = []
         for split, style in (("train", "-"), ("test", "--")):
             epochs, values = _series(history, f"{split}_{key}")
             if values:
                 ax.plot(epochs, values, style, marker=marker, markersize=4, label=split)
                 seen += epochs
-        _style_curve_axes(ax, panel_title, ylabel, seen)
+        _style_curve_axes(ax, panel_title, panel_ylabel, seen)
         ax.legend()
     if len(panels) == 1:  # an autoencoder: one panel, one title
         axes[0].set_title(title or "Training curves")
@@ -357,10 +421,14 @@ def training_curves(history: Sequence[Mapping[str, float]], path: str | Path, *,
 
 
 def beta_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *,
-                title: str | None = None, split: str | None = None) -> Path:
+                title: str | None = None, split: str | None = None,
+                likelihood: str | None = None, recon_ylabel: str | None = None) -> Path:
     """Compare runs {label: history}: reconstruction panel and KL panel, one line per run.
 
     split: "train" or "test"; by default "test" when every run recorded it, else "train".
+    The KL panel is in nats per image; the reconstruction panel is labelled as in
+    `training_curves`: by likelihood ("l2": sum of squared errors per image, "bernoulli":
+    nats per image, None: "reconstruction loss per image"), or directly by recon_ylabel.
     """
     if not isinstance(histories, Mapping) or len(histories) == 0:
         raise ValueError("histories must be a non-empty dict {run label: history}")
@@ -370,13 +438,14 @@ def beta_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
         split = "test" if all(_has(h, "test_recon", "test_loss") for h in histories.values()) else "train"
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    recon_label = _recon_label(likelihood, recon_ylabel, "reconstruction loss per image")
     has_kl = any(_has(h, f"{split}_kl") for h in histories.values())
-    panels = [("recon", f"reconstruction term ({split})")]
+    panels = [("recon", f"reconstruction term ({split})", recon_label)]
     if has_kl:
-        panels.append(("kl", f"KL term ({split})"))
+        panels.append(("kl", f"KL term ({split})", KL_UNIT))
     fig = _new_figure((4.6 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (key, panel_title) in zip(axes, panels):
+    for ax, (key, panel_title, panel_ylabel) in zip(axes, panels):
         seen: list[float] = []
         for label, hist in histories.items():
             wanted = key if key == "kl" or _has(hist, f"{split}_recon") else "loss"
@@ -384,19 +453,91 @@ def beta_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
             ax.plot(epochs, values, marker="o" if len(values) <= 40 else None,
                     markersize=4, label=label)
             seen += epochs
-        _style_curve_axes(ax, panel_title, "nats per image", seen)
+        _style_curve_axes(ax, panel_title, panel_ylabel, seen)
     axes[-1].legend(title="run", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title or "Reconstruction vs KL across runs")
     return _save(fig, path)
 
 
+def _check_ellipses(ellipses: Any) -> list[tuple[np.ndarray, np.ndarray, str | None]]:
+    """ellipses items (mu, sigma) or (mu, sigma, name) -> [(mu (2,), sigma (2,), name or None)]."""
+    out = []
+    for i, item in enumerate(ellipses or []):
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise ValueError(f"ellipses[{i}] must be (mu, sigma) or (mu, sigma, name)")
+        mu, sigma = np.asarray(item[0], dtype=float), np.asarray(item[1], dtype=float)
+        name = item[2] if len(item) == 3 else None
+        if (mu.shape != (2,) or sigma.shape != (2,) or not np.all(np.isfinite(mu))
+                or not np.all(np.isfinite(sigma)) or np.any(sigma < 0)):
+            raise ValueError(f"ellipses[{i}] must be (mu (2,), sigma (2,)) finite with sigma >= 0, "
+                             f"got shapes {mu.shape}, {sigma.shape}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"ellipses[{i}]: the name must be a str, got {type(name).__name__}")
+        out.append((mu, sigma, name))
+    return out
+
+
+def _check_points(points: Any) -> list[tuple[np.ndarray, str]]:
+    """points items (z, name) -> [(z (2,), name)]."""
+    out = []
+    for i, item in enumerate(points or []):
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[1], str):
+            raise ValueError(f"points[{i}] must be (z (2,), name: str)")
+        z = np.asarray(item[0], dtype=float)
+        if z.shape != (2,) or not np.all(np.isfinite(z)):
+            raise ValueError(f"points[{i}]: z must be finite with shape (2,), got {z.shape}")
+        out.append((z, item[1]))
+    return out
+
+
+def _check_paths(paths: Any) -> list[np.ndarray]:
+    """paths items (T, 2) with T >= 2 -> float arrays."""
+    out = []
+    for i, item in enumerate(paths or []):
+        arr = np.asarray(item, dtype=float)
+        if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 2:
+            raise ValueError(f"paths[{i}] must have shape (T, 2) with T >= 2 points, got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"paths[{i}] contains NaN or infinite values")
+        out.append(arr)
+    return out
+
+
+def _group_nearby(points: list[tuple[np.ndarray, str]], near: float) -> list[tuple[np.ndarray, list[str]]]:
+    """Group points closer than `near` to a group's first point: [(position, [names])]."""
+    groups: list[tuple[np.ndarray, list[str]]] = []
+    for z, name in points:
+        group = next((g for g in groups if np.linalg.norm(g[0] - z) < near), None)
+        if group is None:
+            groups.append((z, [name]))
+        else:
+            group[1].append(name)
+    return groups
+
+
 def latent_scatter(codes: Any, labels: Any, path: str | Path, *, title: str | None = None,
-                   ellipses: Sequence[tuple[Any, Any]] | None = None,
-                   class_names: Sequence[str] | None = None) -> Path:
+                   ellipses: Sequence[tuple] | None = None,
+                   class_names: Sequence[str] | None = None,
+                   points: Sequence[tuple[Any, str]] | None = None,
+                   points_label: str | None = None,
+                   paths: Sequence[Any] | None = None,
+                   xlabel: str = "z1", ylabel: str = "z2",
+                   legend_title: str | None = None,
+                   max_points: int | None = None) -> Path:
     """Scatter 2-D codes (N, 2) coloured by integer labels (N,), with a class legend.
 
-    ellipses: optional list of (mu (2,), sigma (2,)) drawn as axis-aligned mu +- 2 sigma
-    ellipses with their centres marked (e.g. the encoder's q(z|x) for a few images).
+    ellipses: optional list of (mu (2,), sigma (2,)) or (mu (2,), sigma (2,), name) drawn as
+        axis-aligned mu +- 2 sigma ellipses with their centres marked (e.g. the encoder's
+        q(z|x) for a few images); a name is written at the ellipse's upper right.
+    points: optional list of (z (2,), name), each marked with a black star and labelled with
+        its name; points closer than 4 % of the codes' range share one label ("1, 7").
+        points_label: the legend entry of the stars (none by default).
+    paths: optional list of (T, 2) arrays (T >= 2), drawn as black lines through their T
+        points with an arrow head at the end (e.g. a code moved toward another).
+    xlabel, ylabel: the axis labels ("PC1"/"PC2" for a PCA projection, say).
+    legend_title: the title of the class legend (default "class").
+    max_points: draw only a random subset of this many codes (a smaller, lighter PNG);
+        the legend still lists every class.
     """
     codes = np.asarray(codes, dtype=float)
     labels = np.asarray(labels)
@@ -412,12 +553,12 @@ def latent_scatter(codes: Any, labels: Any, path: str | Path, *, title: str | No
     classes = np.unique(labels)
     if class_names is not None and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(f"class_names has {len(class_names)} names but labels go up to {labels.max()}")
-    pairs = [(np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float))
-             for mu, sigma in (ellipses or [])]
-    for i, (mu, sigma) in enumerate(pairs):
-        if mu.shape != (2,) or sigma.shape != (2,) or np.any(sigma < 0):
-            raise ValueError(f"ellipses[{i}] must be (mu (2,), sigma (2,)) with sigma >= 0, "
-                             f"got shapes {mu.shape}, {sigma.shape}")
+    triples = _check_ellipses(ellipses)
+    marked = _check_points(points)
+    lines = _check_paths(paths)
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer))
+                                   or max_points < 1):
+        raise ValueError(f"max_points must be a positive int or None, got {max_points!r}")
 
     fig = _new_figure((6.4, 5.4), layout="constrained")  # (raises the ImportError if needed)
     from matplotlib import colormaps
@@ -425,7 +566,8 @@ def latent_scatter(codes: Any, labels: Any, path: str | Path, *, title: str | No
     from matplotlib.patches import Ellipse
     from matplotlib.ticker import MaxNLocator
     ax = fig.add_subplot()
-    order = np.random.default_rng(0).permutation(len(codes))  # no class is painted last, on top
+    # A random order, so no class is painted last, on top; with max_points, a random subset.
+    order = np.random.default_rng(0).permutation(len(codes))[:max_points]
     handles = []
     if len(classes) <= 10:  # distinct tab10 colours, named in a legend
         colour_of = {c: colormaps["tab10"](i) for i, c in enumerate(classes)}
@@ -435,22 +577,40 @@ def latent_scatter(codes: Any, labels: Any, path: str | Path, *, title: str | No
                           label=class_names[c] if class_names is not None else str(c))
                    for c in classes]
     else:  # too many classes for distinct colours: a continuous colour bar
-        points = ax.scatter(codes[order, 0], codes[order, 1], s=5, alpha=0.6, linewidths=0,
-                            c=labels[order], cmap="viridis")
-        fig.colorbar(points, ax=ax, label="class", ticks=MaxNLocator(integer=True))
-    for mu, sigma in pairs:
+        dots = ax.scatter(codes[order, 0], codes[order, 1], s=5, alpha=0.6, linewidths=0,
+                          c=labels[order], cmap="viridis")
+        fig.colorbar(dots, ax=ax, label=legend_title or "class", ticks=MaxNLocator(integer=True))
+    for mu, sigma, name in triples:
         ax.add_patch(Ellipse((mu[0], mu[1]), 4 * sigma[0], 4 * sigma[1], fill=False,
                              edgecolor="black", linewidth=1.2))
         ax.plot(mu[0], mu[1], "k+", markersize=9)
-    if pairs:
+        if name:
+            ax.annotate(name, (mu[0], mu[1]), xytext=(mu[0] + 2 * sigma[0], mu[1] + 2 * sigma[1]),
+                        fontsize=11, fontweight="bold", ha="left", va="bottom")
+    if triples:
         handles.append(Line2D([], [], linestyle="", marker="+", markersize=9, color="black",
                               label="mu ± 2 sigma"))
+    for p in lines:
+        ax.plot(p[:, 0], p[:, 1], "-", color="black", linewidth=1.0)
+        ax.plot(p[:, 0], p[:, 1], "o", color="black", markersize=2)
+        ax.annotate("", xy=(p[-1, 0], p[-1, 1]), xytext=(p[-2, 0], p[-2, 1]),
+                    arrowprops=dict(arrowstyle="->", color="black", lw=1.5))
+    for z, _ in marked:
+        ax.plot(z[0], z[1], "k*", markersize=13, markeredgecolor="white")
+    near = 0.04 * float(np.ptp(codes, axis=0).max())   # stars closer than this share one label
+    for z, names in _group_nearby(marked, near):
+        ax.annotate(", ".join(names), (z[0], z[1]), xytext=(5, 5), textcoords="offset points",
+                    fontsize=10, fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
+    if marked and points_label:
+        handles.append(Line2D([], [], linestyle="", marker="*", markersize=10, color="black",
+                              label=points_label))
     if handles:
-        ax.legend(handles=handles, title="class" if len(classes) <= 10 else None,
+        ax.legend(handles=handles, title=(legend_title or "class") if len(classes) <= 10 else None,
                   loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("z1")
-    ax.set_ylabel("z2")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title or "Latent codes")
     return _save(fig, path)
@@ -477,4 +637,143 @@ def bar_chart(values: Mapping[str, float], path: str | Path, *, title: str | Non
         ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "")
+    return _save(fig, path)
+
+
+_LINE_PANEL_KEYS = {"series", "title", "xlabel", "ylabel", "ylim", "hline"}
+
+
+def _check_line_panels(panels: Any) -> list[list[tuple[str, np.ndarray, np.ndarray, dict]]]:
+    """Validate line_chart panels; return each panel's series as [(label, x (T,), y (T,), style)]."""
+    if isinstance(panels, Mapping) or not isinstance(panels, Sequence) or len(panels) == 0:
+        raise ValueError("panels must be a non-empty list of dicts, one per panel")
+    checked = []
+    for i, panel in enumerate(panels):
+        if not isinstance(panel, Mapping):
+            raise ValueError(f"panels[{i}] must be a dict, got {type(panel).__name__}")
+        unknown = set(panel) - _LINE_PANEL_KEYS
+        if unknown:
+            raise ValueError(f"panels[{i}] has unknown keys {sorted(unknown)}; "
+                             f"known: {sorted(_LINE_PANEL_KEYS)}")
+        series = panel.get("series")
+        if not isinstance(series, Mapping) or len(series) == 0:
+            raise ValueError(f"panels[{i}]['series'] must be a non-empty dict {{label: (x, y)}}")
+        rows = []
+        for label, item in series.items():
+            where = f"panels[{i}]['series'][{label!r}]"
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise ValueError(f"{where} must be (x, y) or (x, y, style dict)")
+            x, y = np.asarray(item[0], dtype=float), np.asarray(item[1], dtype=float)
+            style = item[2] if len(item) == 3 else {}
+            if x.ndim != 1 or y.shape != x.shape or len(x) == 0:
+                raise ValueError(f"{where}: x and y must be 1-D of one non-zero length, "
+                                 f"got shapes {x.shape} and {y.shape}")
+            if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+                raise ValueError(f"{where}: x and y must be finite numbers")
+            if not isinstance(style, Mapping):
+                raise ValueError(f"{where}: the third item must be a dict of line options")
+            rows.append((str(label), x, y, dict(style)))
+        if "ylim" in panel:
+            ylim = np.asarray(panel["ylim"], dtype=float)
+            if ylim.shape != (2,) or not np.all(np.isfinite(ylim)) or ylim[0] >= ylim[1]:
+                raise ValueError(f"panels[{i}]['ylim'] must be (low, high) with low < high, got {panel['ylim']}")
+        if "hline" in panel:
+            hline = panel["hline"]
+            try:
+                level = float(hline[0]) if isinstance(hline, (tuple, list)) and len(hline) == 2 else math.nan
+            except (TypeError, ValueError):
+                level = math.nan
+            if not math.isfinite(level):
+                raise ValueError(f"panels[{i}]['hline'] must be (y: finite number, label: str), got {hline!r}")
+        checked.append(rows)
+    return checked
+
+
+def line_chart(panels: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None,
+               ncols: int | None = None) -> Path:
+    """Draw line plots in panels side by side (or wrapped onto rows with `ncols`).
+
+    Each panel is a dict:
+      "series": {label: (x (T,), y (T,))} or {label: (x, y, style)}, one line per entry, with
+                markers; style is a dict of matplotlib line options (color, linestyle,
+                marker, linewidth, ...) overriding the defaults (colour C0, C1, ... in order).
+                A label starting with "_" is left out of the legend.
+      optional: "title", "xlabel", "ylabel"; "ylim": (low, high); "hline": (y, label), a
+                dotted grey reference level named in the legend.
+    ncols: panels per row (default: all on one row); the last row may be partly empty.
+    """
+    checked = _check_line_panels(panels)
+    ncols = len(panels) if ncols is None else ncols
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    ncols = min(int(ncols), len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure((4.6 * ncols, 3.7 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel, rows in zip(axes, panels, checked):
+        for i, (label, x, y, style) in enumerate(rows):
+            ax.plot(x, y, **{"marker": "o", "markersize": 4, "color": f"C{i % 10}", **style},
+                    label=label)
+        if "hline" in panel:
+            level, label = panel["hline"]
+            ax.axhline(float(level), color="grey", linestyle=":", label=str(label))
+        if "ylim" in panel:
+            ax.set_ylim(*panel["ylim"])
+        ax.set_title(panel.get("title", ""), fontsize=10)
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.grid(alpha=0.3)
+        if any(not h.get_label().startswith("_") for h in ax.get_lines()):
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bar_panels(panels: Sequence[Mapping[str, Any]], path: str | Path, *,
+               title: str | None = None) -> Path:
+    """Draw labelled bars in panels side by side, each value printed on its bar.
+
+    Each panel is a dict: "values": {name: number} (one bar each, in order); optional
+    "title", "ylabel", and "colors": one matplotlib colour per bar (default C0, C1, ...).
+    Panels are as wide as their number of bars, so bars have one width throughout.
+    """
+    if isinstance(panels, Mapping) or not isinstance(panels, Sequence) or len(panels) == 0:
+        raise ValueError("panels must be a non-empty list of dicts, one per panel")
+    checked = []
+    for i, panel in enumerate(panels):
+        if not isinstance(panel, Mapping):
+            raise ValueError(f"panels[{i}] must be a dict, got {type(panel).__name__}")
+        unknown = set(panel) - {"values", "title", "ylabel", "colors"}
+        if unknown:
+            raise ValueError(f"panels[{i}] has unknown keys {sorted(unknown)}; "
+                             "known: ['colors', 'title', 'values', 'ylabel']")
+        values = panel.get("values")
+        if not isinstance(values, Mapping) or len(values) == 0:
+            raise ValueError(f"panels[{i}]['values'] must be a non-empty dict {{name: number}}")
+        numbers = np.asarray(list(values.values()), dtype=float)
+        if numbers.ndim != 1 or not np.all(np.isfinite(numbers)):
+            raise ValueError(f"panels[{i}]['values'] must all be finite numbers")
+        colors = panel.get("colors")
+        if colors is not None and len(colors) != len(numbers):
+            raise ValueError(f"panels[{i}]['colors'] has {len(colors)} colours for {len(numbers)} bars")
+        checked.append(([str(k) for k in values], numbers,
+                        list(colors) if colors is not None else [f"C{j % 10}" for j in range(len(numbers))]))
+    sizes = [len(names) for names, _, _ in checked]
+    fig = _new_figure((0.62 * sum(sizes) + 1.3 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[n + 1 for n in sizes])[0]
+    for ax, panel, (names, numbers, colors) in zip(axes, panels, checked):
+        bars = ax.bar(range(len(names)), numbers, color=colors)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in numbers], padding=2, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.margins(y=0.15)
+        if (numbers < 0).any():
+            ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_title(panel.get("title", ""), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -186,7 +186,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
     rng = np.random.default_rng(seed)
     paths = [figure_reconstruct(model, x_test, out), figure_sample(model, out, rng),
              figure_interpolate(model, x_test, out),
-             plots.training_curves(history, out / "training_curves.png",
+             plots.training_curves(history, out / "training_curves.png", likelihood=model.likelihood,
                                    title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")]
     if model.latent_dim == 2:
         paths.append(plots.latent_scatter(_codes(model, x_test), y_test, out / "latent.png",

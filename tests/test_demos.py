@@ -185,3 +185,12 @@ def test_every_demo_is_listed():
     assert scripts == set(FIGURES)
     from make_figures import DEMOS
     assert set(DEMOS) == set(FIGURES)
+
+
+def test_demos_draw_only_with_npvae_plots():
+    """The demos use npvae's public API and npvae.plots for their figures: no matplotlib of their own."""
+    for script in DEMOS_DIR.glob("*.py"):
+        text = script.read_text()
+        assert "import matplotlib" not in text and "from matplotlib" not in text, script.name
+    for name in ("line_chart", "bar_panels", "cloud_scatter", "_figure", "_save"):
+        assert not hasattr(C, name), f"_common.{name} should be gone (it is in npvae.plots)"

@@ -226,3 +226,241 @@ def test_manifold_codes_match_the_manifold_layout():
     assert codes.shape == (9, 2)
     np.testing.assert_array_equal(codes[:3], [[-1, 2], [0, 2], [1, 2]])  # top row: largest z2
     np.testing.assert_array_equal(codes[6:], [[-1, -2], [0, -2], [1, -2]])
+
+
+# ----------------------------------------------------------------------------- line and bar panels
+
+def line_panels() -> list[dict]:
+    x = np.linspace(0, 1, 6)
+    return [{"title": "two series", "xlabel": "t", "ylabel": "value",
+             "series": {"up": (x, x ** 2), "down": (x, 1 - x, {"color": "0.5", "linestyle": "--"})},
+             "hline": (0.5, "reference"), "ylim": (0, 1.05)},
+            {"title": "hidden label", "series": {"_no legend": (x, np.sin(x))}},
+            {"series": {"one point": ([1.0], [2.0])}}]
+
+
+def test_line_chart_writes_a_png_and_wraps_panels(tmp_path):
+    one_row = plots.line_chart(line_panels(), str(tmp_path / "row.png"), title="lines")
+    assert isinstance(one_row, Path) and one_row == tmp_path / "row.png"
+    wrapped = plots.line_chart(line_panels(), tmp_path / "wrap.png", title="lines", ncols=2)
+    for out in (one_row, wrapped):
+        assert_sensible_png(out)
+    (w1, h1), (w2, h2) = png_size(one_row), png_size(wrapped)
+    assert w1 > w2 and h2 > 1.5 * h1        # 3 panels in a row vs 2 + 1 on two rows
+    # ncols larger than the number of panels is the single row
+    assert png_size(plots.line_chart(line_panels()[:1], tmp_path / "one.png", ncols=4))[0] < w1
+
+
+def test_bar_panels_writes_a_png_sized_by_its_bars(tmp_path):
+    small = plots.bar_panels([{"values": {"AE": 0.02, "VAE": 0.03}, "title": "recon",
+                               "ylabel": "error", "colors": ["C0", "C1"]}],
+                             str(tmp_path / "small.png"), title="numbers")
+    assert isinstance(small, Path) and small == tmp_path / "small.png"
+    big = plots.bar_panels([{"values": {"a": 1.0, "b": -2.0, "c": 3.5}, "title": "signed"},
+                            {"values": {f"bar {k}": float(k) for k in range(6)}, "ylabel": "count"}],
+                           tmp_path / "big.png")
+    for out in (small, big):
+        assert_sensible_png(out)
+    assert png_size(big)[0] > 1.5 * png_size(small)[0]   # 9 bars in two panels vs 2 bars
+
+
+# ----------------------------------------------------------------------------- units of the loss curves
+
+def axis_labels_drawn(monkeypatch) -> list[str]:
+    """Record the y labels that plots sets (via _style_curve_axes), in order."""
+    seen: list[str] = []
+    original = plots._style_curve_axes
+
+    def spy(ax, title, ylabel, epochs):
+        seen.append(ylabel)
+        original(ax, title, ylabel, epochs)
+    monkeypatch.setattr(plots, "_style_curve_axes", spy)
+    return seen
+
+
+def test_training_curves_label_the_reconstruction_unit_by_likelihood(tmp_path, monkeypatch):
+    seen = axis_labels_drawn(monkeypatch)
+    cases = [
+        ({"likelihood": "l2"}, ["sum of squared errors per image", "nats per image"]),
+        ({"likelihood": "bernoulli"}, ["nats per image", "nats per image"]),
+        ({}, ["reconstruction loss per image", "nats per image"]),   # unknown unit: no "nats" claimed
+        ({"likelihood": "l2", "recon_ylabel": "L2 loss"}, ["L2 loss", "nats per image"]),
+        ({"ylabel": "loss", "likelihood": "l2"}, ["loss", "loss"]),  # ylabel: every panel, as before
+    ]
+    for k, (kwargs, expected) in enumerate(cases):
+        seen.clear()
+        assert_sensible_png(plots.training_curves(history(3), tmp_path / f"c{k}.png", **kwargs))
+        assert seen == expected, kwargs
+    seen.clear()
+    assert_sensible_png(plots.training_curves(history(3, kl=False), tmp_path / "ae.png", likelihood="l2"))
+    assert seen == ["sum of squared errors per image"]               # an autoencoder: one panel
+
+
+def test_beta_curves_label_the_reconstruction_unit_by_likelihood(tmp_path, monkeypatch):
+    seen = axis_labels_drawn(monkeypatch)
+    runs = {"beta=1": history(3), "beta=4": history(3)}
+    for k, (kwargs, expected) in enumerate([
+            ({"likelihood": "l2"}, ["sum of squared errors per image", "nats per image"]),
+            ({"likelihood": "bernoulli"}, ["nats per image", "nats per image"]),
+            ({"recon_ylabel": "squared error"}, ["squared error", "nats per image"]),
+            ({}, ["reconstruction loss per image", "nats per image"])]):
+        seen.clear()
+        assert_sensible_png(plots.beta_curves(runs, tmp_path / f"b{k}.png", **kwargs))
+        assert seen == expected, kwargs
+
+
+# ----------------------------------------------------------------------------- latent_manifold ticks
+
+def manifold_ticks(monkeypatch) -> dict:
+    """Record the xticks/yticks that latent_manifold hands to _show_canvas."""
+    seen: dict = {}
+    original = plots._show_canvas
+
+    def spy(canvas, title, **kwargs):
+        seen.update(kwargs)
+        return original(canvas, title, **kwargs)
+    monkeypatch.setattr(plots, "_show_canvas", spy)
+    return seen
+
+
+def test_latent_manifold_ticks_from_z_values(tmp_path, monkeypatch):
+    seen = manifold_ticks(monkeypatch)
+    grid = 20
+    q = np.sort(np.random.default_rng(0).normal(size=grid))       # an uneven grid
+    imgs = np.random.default_rng(1).random((grid * grid, 16))
+    out = plots.latent_manifold(imgs, str(tmp_path / "m.png"), grid_size=grid, image_shape=(4, 4),
+                                z1_values=q, z2_values=q[::-1], title="quantiles")
+    assert isinstance(out, Path) and out == tmp_path / "m.png"
+    assert_sensible_png(out)
+    (xpos, xlab), (ypos, ylab) = seen["xticks"], seen["yticks"]
+    cells = [int(round(p / 5)) for p in xpos]           # a 4-px tile + 1 px of padding per cell
+    assert cells == [0, 4, 8, 11, 15, 19]                # a few cells, symmetric about the middle
+    assert xlab == [f"{q[j]:.3g}" for j in cells]        # each tick shows its column's z1
+    assert ylab == [f"{q[::-1][i]:.3g}" for i in cells]  # rows top first: the largest z2 on top
+    assert xpos == ypos
+    # only one axis given: only that axis is ticked
+    plots.latent_manifold(imgs, tmp_path / "m1.png", grid_size=grid, image_shape=(4, 4), z1_values=q)
+    assert seen["xticks"] is not None and seen["yticks"] is None
+    # no values, no extent: no ticks
+    plots.latent_manifold(imgs, tmp_path / "m0.png", grid_size=grid, image_shape=(4, 4))
+    assert seen["xticks"] is None and seen["yticks"] is None
+
+
+def test_latent_manifold_extent_ticks_are_unchanged_for_small_grids(tmp_path, monkeypatch, images):
+    seen = manifold_ticks(monkeypatch)
+    plots.latent_manifold(images[:16], tmp_path / "m.png", grid_size=4, extent=(-2, 2, -1, 1))
+    assert seen["xticks"][1] == ["-2", "-0.67", "0.67", "2"]
+    assert seen["yticks"][1] == ["1", "0.33", "-0.33", "-1"]
+
+
+# ----------------------------------------------------------------------------- latent_scatter options
+
+def scatter_data(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    labels = np.arange(n) % 10
+    return rng.normal(size=(n, 2)) + 3 * labels[:, None] * np.array([1.0, 0.5]), labels
+
+
+def test_latent_scatter_named_ellipses_points_paths_and_labels(tmp_path, monkeypatch):
+    codes, labels = scatter_data()
+    drawn: dict = {}
+    original = plots._save
+
+    def keep_axes(fig, path):      # look at what was drawn just before the figure is saved
+        ax = fig.axes[0]
+        drawn["texts"] = [t.get_text() for t in ax.texts]
+        drawn["arrows"] = sum(t.arrow_patch is not None for t in ax.texts)
+        drawn["ellipses"] = len(ax.patches)
+        drawn["xlabel"], drawn["ylabel"] = ax.get_xlabel(), ax.get_ylabel()
+        drawn["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        drawn["legend_title"] = ax.get_legend().get_title().get_text()
+        drawn["dots"] = len(ax.collections[0].get_offsets())
+        return original(fig, path)
+    monkeypatch.setattr(plots, "_save", keep_axes)
+
+    paths = [np.stack([np.linspace(0, 5, 8), np.linspace(0, 2, 8)], axis=1), [[1.0, 1.0], [2.0, 0.0]]]
+    out = plots.latent_scatter(
+        codes, labels, str(tmp_path / "s.png"), title="everything",
+        ellipses=[(codes[0], [0.5, 1.0], "1"), (codes[1], np.array([1.0, 0.2]), "2"),
+                  (codes[2], [0.3, 0.3])],                                   # named and unnamed
+        points=[(np.array([0.0, 0.0]), "a"), (np.array([0.01, 0.0]), "b"), (np.array([20.0, 9.0]), "c")],
+        points_label="marked", paths=paths, xlabel="PC1", ylabel="PC2", legend_title="digit",
+        max_points=50)
+    assert isinstance(out, Path) and out == tmp_path / "s.png"
+    assert_sensible_png(out)
+    assert drawn["ellipses"] == 3
+    assert {"1", "2"} <= set(drawn["texts"])                    # the named ellipses are labelled
+    assert "a, b" in drawn["texts"] and "c" in drawn["texts"]   # nearby points share one label
+    assert "a" not in drawn["texts"] and "b" not in drawn["texts"]
+    assert drawn["arrows"] == len(paths)                        # an arrow head per path
+    assert (drawn["xlabel"], drawn["ylabel"]) == ("PC1", "PC2")
+    assert drawn["dots"] == 50                                  # max_points: a subset is drawn
+    assert drawn["legend"] == [str(d) for d in range(10)] + ["mu ± 2 sigma", "marked"]
+    assert drawn["legend_title"] == "digit"
+
+    # the defaults are unchanged: z1/z2, every code, a "class" legend without extra entries
+    plots.latent_scatter(codes, labels, tmp_path / "plain.png")
+    assert (drawn["xlabel"], drawn["ylabel"]) == ("z1", "z2")
+    assert drawn["dots"] == len(codes) and drawn["texts"] == []
+    assert drawn["legend"] == [str(d) for d in range(10)] and drawn["legend_title"] == "class"
+
+
+def test_latent_scatter_max_points_gives_a_smaller_png(tmp_path):
+    codes, labels = scatter_data(5000)
+    full = plots.latent_scatter(codes, labels, tmp_path / "full.png")
+    few = plots.latent_scatter(codes, labels, tmp_path / "few.png", max_points=100)
+    assert_sensible_png(few)
+    assert few.stat().st_size < full.stat().st_size
+    # more than N is all of them: the same picture
+    same = plots.latent_scatter(codes, labels, tmp_path / "same.png", max_points=10 ** 6)
+    assert same.read_bytes() == full.read_bytes()
+
+
+def test_new_options_validation_errors_name_the_problem(tmp_path, images):
+    out = tmp_path / "x.png"
+    codes, labels = np.zeros((4, 2)), np.arange(4)
+    history_ok = history(2)
+    good_series = {"s": ([0, 1], [1, 2])}
+    cases = [
+        # latent_scatter
+        (lambda: plots.latent_scatter(codes, labels, out, ellipses=[(np.zeros(2),)]), r"ellipses\[0\]"),
+        (lambda: plots.latent_scatter(codes, labels, out, ellipses=[(np.zeros(2), -np.ones(2), "a")]),
+         "sigma >= 0"),
+        (lambda: plots.latent_scatter(codes, labels, out, ellipses=[(np.zeros(2), np.ones(2), 3)]), "name"),
+        (lambda: plots.latent_scatter(codes, labels, out, points=[(np.zeros(3), "a")]), r"points\[0\]"),
+        (lambda: plots.latent_scatter(codes, labels, out, points=[np.zeros(2)]), r"points\[0\]"),
+        (lambda: plots.latent_scatter(codes, labels, out, paths=[np.zeros((1, 2))]), r"paths\[0\].*T >= 2"),
+        (lambda: plots.latent_scatter(codes, labels, out, paths=[np.zeros((3, 3))]), r"paths\[0\]"),
+        (lambda: plots.latent_scatter(codes, labels, out, paths=[np.full((3, 2), np.nan)]), "NaN"),
+        (lambda: plots.latent_scatter(codes, labels, out, max_points=0), "max_points"),
+        # latent_manifold
+        (lambda: plots.latent_manifold(images[:16], out, grid_size=4, z1_values=np.zeros(3)),
+         r"z1_values.*\(4,\)"),
+        (lambda: plots.latent_manifold(images[:16], out, grid_size=4, z2_values=[0, 1, np.inf, 2]), "z2_values"),
+        (lambda: plots.latent_manifold(images[:16], out, grid_size=4, extent=(-1, 1, -1, 1),
+                                       z1_values=np.zeros(4)), "not both"),
+        # loss curves
+        (lambda: plots.training_curves(history_ok, out, likelihood="gauss"), "likelihood"),
+        (lambda: plots.beta_curves({"a": history_ok}, out, likelihood="gauss"), "likelihood"),
+        # line_chart
+        (lambda: plots.line_chart([], out), "non-empty"),
+        (lambda: plots.line_chart({"series": good_series}, out), "list of dicts"),
+        (lambda: plots.line_chart([{"series": {}}], out), "series"),
+        (lambda: plots.line_chart([{"series": good_series, "ylable": "x"}], out), "unknown keys"),
+        (lambda: plots.line_chart([{"series": {"s": ([0, 1, 2], [1, 2])}}], out), "same|one non-zero length"),
+        (lambda: plots.line_chart([{"series": {"s": ([0, 1], [1, np.nan])}}], out), "finite"),
+        (lambda: plots.line_chart([{"series": {"s": ([0, 1], [1, 2], "red")}}], out), "line options"),
+        (lambda: plots.line_chart([{"series": good_series, "ylim": (1, 0)}], out), "ylim"),
+        (lambda: plots.line_chart([{"series": good_series, "hline": ("a", "b")}], out), "hline"),
+        (lambda: plots.line_chart([{"series": good_series}], out, ncols=0), "ncols"),
+        # bar_panels
+        (lambda: plots.bar_panels([], out), "non-empty"),
+        (lambda: plots.bar_panels([{"values": {}}], out), "values"),
+        (lambda: plots.bar_panels([{"values": {"a": np.inf}}], out), "finite"),
+        (lambda: plots.bar_panels([{"values": {"a": 1, "b": 2}, "colors": ["C0"]}], out), "colours for 2 bars"),
+        (lambda: plots.bar_panels([{"values": {"a": 1}, "color": ["C0"]}], out), "unknown keys"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert not out.exists()  # nothing is written for bad input
