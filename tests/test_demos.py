@@ -29,10 +29,12 @@ FIGURES = {
     "moving_between_clouds": ["moving_clouds.png", "moving_decodes.png", "moving_switch.png",
                               "attribute_thickness.png", "attribute_slant.png", "attribute_measured.png"],
     "generation": ["generation.png", "generation_temperature.png", "generation_numbers.png"],
+    "main_job": ["train/reconstructions.png", "train/samples.png", "train/interpolation.png",
+                 "train/training_curves.png"],
     "two_losses": ["two_losses.png", "two_losses_images.png"],
 }
 # The demos run by the default (fast) test suite; the others are marked slow (pytest -m slow).
-FAST = ("cloud", "generation")
+FAST = ("cloud", "generation", "main_job")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
