@@ -176,7 +176,9 @@ class TorchRun:
                                      "fc22": nn.Linear(hidden, latent), "fc3": nn.Linear(latent, hidden),
                                      "fc4": nn.Linear(hidden, d)})
         self.optimizer = torch.optim.Adam(self.layers.parameters(), lr=1e-3)
-        self.images = torch.from_numpy(images)          # uint8, shares memory with the NumPy array
+        # uint8 as in npvae; a private writable copy (PyTorch wants writable arrays, and npvae's
+        # MNIST arrays are read-only views of its cache)
+        self.images = torch.from_numpy(np.array(images))
         self.rng = np.random.default_rng(seed + 1)
         self.last_loss = math.nan               # the mean training loss per image of the last epoch
 

@@ -123,7 +123,7 @@ class Progress:
             self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {done}/{total} batches  loss {loss:8.3f}  "
                               f"{elapsed:5.1f} s, ~{left:4.0f} s left ")
             self.stream.flush()
-        elif done == total or done % max(1, total // 4) == 0:   # a line at every quarter
+        elif done * 4 // total > (done - 1) * 4 // total:      # a line at every quarter, the last at the end
             self.stream.write(f"  epoch {epoch}/{epochs}: {done}/{total} batches, loss {loss:.3f}, "
                               f"{elapsed:.1f} s, ~{left:.0f} s left\n")
             self.stream.flush()
