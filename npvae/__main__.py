@@ -15,14 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import DEFAULTS, PRESETS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+from .runs import DEFAULTS, PRESETS, positive_int
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -34,15 +27,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
     p.add_argument("--likelihood", choices=["l2", "bernoulli"],
                    help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
-    p.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+    p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                    help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
-    p.add_argument("--latent", type=_positive_int, metavar="Z", help=f"latent size (default {d['latent']})")
+    p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")
     p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
                    help=f"hidden activation (default {d['activation']})")
     p.add_argument("--beta", type=float, help=f"weight of the KL term (default {d['beta']:g})")
     p.add_argument("--warmup", type=int, metavar="K", help="linear KL warm-up over the first K epochs (default 0)")
     p.add_argument("--epochs", type=int, help=f"total epochs; with --resume, the epoch to train up to (default {d['epochs']})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"minibatch size (default {d['batch_size']})")
+    p.add_argument("--batch-size", type=positive_int, help=f"minibatch size (default {d['batch_size']})")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']:g})")
     p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"optimizer (default {d['optimizer']})")
     p.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient's global norm to NORM (default: off)")
@@ -50,8 +43,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], help=f"floating-point type (default {d['dtype']})")
     p.add_argument("--data-dir", metavar="DIR", help="a folder of IDX files named like MNIST's (default: bundled MNIST)")
     p.add_argument("--binarize", choices=["none", "static", "dynamic"], help="pixel binarization (default none)")
-    p.add_argument("--train-size", type=_positive_int, metavar="N", help="use only the first N training images")
-    p.add_argument("--test-size", type=_positive_int, metavar="N", help="use only the first N test images")
+    p.add_argument("--train-size", type=positive_int, metavar="N", help="use only the first N training images")
+    p.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test images")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<name from the settings>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")

@@ -44,6 +44,7 @@ import numpy as np
 from .data import load_mnist_uint8, minibatch_indices
 from .models import VAE
 from .optim import Adam
+from .runs import positive_int
 from .train import fit
 
 EPOCH_IMAGES = 60_000                      # per-epoch figures are for the full MNIST training set
@@ -278,24 +279,17 @@ def _available_cores() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `npvae bench`."""
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads for NumPy's BLAS and for PyTorch (default: the cores this process may use)")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="timed epochs after the warm-up (default 5; 1 with --quick)")
-    parser.add_argument("--images", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None, help="timed epochs after the warm-up (default 5; 1 with --quick)")
+    parser.add_argument("--images", type=positive_int, default=None,
                         help="train on the first N images (default all 60,000); times are scaled to 60,000")
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
-    parser.add_argument("--hidden", type=_positive_int, default=400, help="hidden layer size (default 400)")
-    parser.add_argument("--latent", type=_positive_int, default=20, help="latent size (default 20)")
-    parser.add_argument("--scaling-images", type=_positive_int, default=12_000,
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="minibatch size (default 128)")
+    parser.add_argument("--hidden", type=positive_int, default=400, help="hidden layer size (default 400)")
+    parser.add_argument("--latent", type=positive_int, default=20, help="latent size (default 20)")
+    parser.add_argument("--scaling-images", type=positive_int, default=12_000,
                         help="images per configuration of the scaling table (default 12,000)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test in seconds: few images, one timed epoch, short matmul timings")

@@ -67,6 +67,7 @@ from .classifier import Classifier, get_classifier
 from .data import binarize, load_mnist_uint8
 from .layers import as_generator
 from .models import VAE, Autoencoder
+from .runs import positive_int
 from .train import Ticker, progress_stream
 
 Array = np.ndarray
@@ -542,23 +543,16 @@ def format_table(results: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `npvae evaluate RUN`."""
     parser.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
-    parser.add_argument("--k", type=_positive_int, default=DEFAULT_K,
+    parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"importance samples per image for the IWAE log-likelihood (default {DEFAULT_K})")
     parser.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
-    parser.add_argument("--draws", type=_positive_int, default=DEFAULT_DRAWS,
+    parser.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS,
                         help=f"draws of eps per image for the ELBO (default {DEFAULT_DRAWS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
     parser.add_argument("--no-classifier", action="store_true",
                         help="skip the digit-classifier figures (and training the classifier the first time)")
 

@@ -11,6 +11,7 @@ The checkpoint is rewritten (atomically) after every epoch, so a run can always 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -50,6 +51,14 @@ PRESETS: dict[str, dict] = {
 # Settings a resumed run may change: the epoch to train up to, and the remedies for a diverging
 # run (a lower learning rate, gradient clipping). Every other setting must match the run's.
 CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for the command line's counts (epochs, sizes, samples)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def run_name(cfg: dict) -> str:
