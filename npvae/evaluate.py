@@ -67,7 +67,7 @@ from .classifier import Classifier, get_classifier
 from .data import binarize, load_mnist_uint8
 from .layers import as_generator
 from .models import VAE, Autoencoder
-from .runs import positive_int
+from .runs import DEFAULTS, load_run, positive_int
 from .train import Ticker, progress_stream
 
 Array = np.ndarray
@@ -391,7 +391,6 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
     classifier is an MNIST digit classifier, so it is skipped for runs on another data_dir.
     Raises CheckpointError for a folder without a valid checkpoint.
     """
-    from .runs import DEFAULTS, load_run
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     if k < 1 or n_draws < 1:
