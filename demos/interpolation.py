@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- numbers over many pairs ---------------------------------------------------------------
     n = 60 if quick else 300
-    C.heading(f"Along the paths between {n} random pairs of test images of different digits")
     first = rng.choice(len(x_test), size=3 * n, replace=False)
     a_idx, b_idx = first[:n], first[n:2 * n]
     keep = y_test[a_idx] != y_test[b_idx]
     a_idx, b_idx = a_idx[keep], b_idx[keep]
+    C.heading(f"Along the paths between {len(a_idx)} random pairs of test images of different digits "
+              f"(of {n} pairs drawn)")
     curves = {"nearest": {}, "norm": {}, "confidence": {}}
     print(f"  {'':10s} {'nearest training image':>24s} {'(worst point)':>14s} {'code norm at t=0.5':>19s}"
           + (f" {'classifier confidence':>22s}" if clf is not None else ""))
