@@ -32,7 +32,7 @@ if importlib.util.find_spec("npvae") is None:   # the demos run from a checkout 
     sys.path.insert(0, str(REPO))
 
 from npvae.checkpoint import CheckpointError  # noqa: E402
-from npvae.data import load_mnist_uint8  # noqa: E402
+from npvae.data import load_mnist_uint8, to_float  # noqa: E402
 from npvae.models import VAE  # noqa: E402
 from npvae.runs import CHECKPOINT, DEFAULTS, load_run, run_name, train_run  # noqa: E402
 
@@ -170,12 +170,12 @@ def load_split(split: str, quick: bool) -> tuple[np.ndarray, np.ndarray]:
     if quick:
         n = QUICK["train_size"] if split == "train" else QUICK["test_size"]
         images, labels = images[:n], labels[:n]
-    return images.astype(np.float32) / 255, labels
+    return to_float(images), labels
 
 
 def codes_of(model, x: np.ndarray) -> np.ndarray:
     """The point in latent space of each image: mu for a VAE, z for an autoencoder. (N, Z)."""
-    return model.encode(x)[0] if isinstance(model, VAE) else model.encode(x)
+    return model.codes(x)
 
 
 def decode(model, z: np.ndarray, batch: int = 2000) -> np.ndarray:

@@ -64,7 +64,7 @@ import numpy as np
 from . import losses
 from .checkpoint import atomic_write_text
 from .classifier import Classifier, get_classifier
-from .data import binarize, load_mnist_uint8
+from .data import binarize, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
 from .runs import DEFAULTS, load_run, positive_int
@@ -284,13 +284,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
 
 def latent_means(model: Model, x: Array, batch_size: int = 1000) -> Array:
     """E[z | x] for each image: mu for a VAE, the code z for an autoencoder. (N, Z) float64."""
-    x = model._check_x(x)
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        code = model.encode(xb)[0] if isinstance(model, VAE) else model.encode(xb)
-        parts.append(np.asarray(code, dtype=np.float64))
-    return np.concatenate(parts)
+    return model.codes(model._check_x(x), batch_size).astype(np.float64)
 
 
 def latent_variances(model: Model, x: Array, batch_size: int = 1000) -> Array:
@@ -307,14 +301,10 @@ def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOL
     return (count, var) if return_variances else count
 
 
-def _codes(model: Model, x: Array) -> Array:
-    return model.encode(x)[0] if isinstance(model, VAE) else model.encode(x)
-
-
 def reconstructions(model: Model, x: Array, batch_size: int = 1000) -> Array:
     """decode(mu) for a VAE, decode(z) for an autoencoder. (N, D) in (0, 1)."""
     x = model._check_x(x)
-    return np.concatenate([model.decode(_codes(model, x[s:s + batch_size])) for s in range(0, len(x), batch_size)])
+    return np.concatenate([model.decode(model.codes(x[s:s + batch_size])) for s in range(0, len(x), batch_size)])
 
 
 def reconstruction_accuracy(model: Model, classifier: Classifier, x: Array, y: Array, batch_size: int = 1000) -> float:
@@ -365,7 +355,7 @@ def _evaluation_images(cfg: dict, split: str) -> tuple[Array, Array, str]:
     size = cfg.get("test_size") if split == "test" else cfg.get("train_size")
     if size:
         images, labels = images[:size], labels[:size]
-    x = images.astype(np.float32) / 255
+    x = to_float(images)
     mode = cfg.get("binarize", "none") or "none"
     if mode == "static":
         x, what = binarize(x, "static"), "static binarization (pixel > 0.5), as in training"

@@ -126,6 +126,15 @@ class _Model:
         """Decoded images x_hat = sigmoid(decoder(z)), values in (0, 1). z: (N, Z) -> (N, D)."""
         return sigmoid(self.decode_logits(z))
 
+    def codes(self, x: Array, batch_size: int = 1000) -> Array:
+        """The point in latent space of each image, encoded `batch_size` at a time: the centre mu
+        of its cloud for a VAE, its embedding z for an autoencoder. x: (N, D) -> (N, Z)."""
+        x = self._check_x(x)
+        return np.concatenate([self._code(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+    def _code(self, x: Array) -> Array:
+        raise NotImplementedError
+
     def _recon(self, logits: Array, x: Array) -> tuple[float, Array]:
         """The reconstruction loss and its gradient, in arrays kept for the next training step."""
         return losses.RECONSTRUCTION[self.likelihood](logits, x, buffers=self.buffers)
@@ -165,6 +174,8 @@ class Autoencoder(_Model):
     def encode(self, x: Array) -> Array:
         """The embedding z of each image. x: (N, D) -> z: (N, Z)."""
         return self.encoder.forward(self._check_x(x))
+
+    _code = encode
 
     def loss(self, x: Array) -> dict[str, float]:
         """Forward pass only: {"loss", "recon"}, per-image batch means."""
@@ -219,6 +230,9 @@ class VAE(_Model):
         """The Gaussian of each image. x: (N, D) -> (mu, logvar), each (N, Z)."""
         return self._encode(self._check_x(x))
 
+    def _code(self, x: Array) -> Array:
+        return self.encode(x)[0]
+
     def _encode(self, x: Array, reuse: bool = False) -> tuple[Array, Array]:
         out = self.head.forward(self.encoder.forward(x, reuse=reuse), reuse=reuse)   # (N, 2Z) = [mu | logvar]
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
@@ -239,8 +253,7 @@ class VAE(_Model):
 
     def reconstruct(self, x: Array) -> Array:
         """Decode the centre mu of each image's cloud: the deterministic reconstruction. (N, D)."""
-        mu, _ = self.encode(x)
-        return self.decode(mu)
+        return self.decode(self.codes(x))
 
     def _forward(self, x: Array, eps: Array, reuse: bool = False) -> tuple[Array, Array, Array]:
         mu, logvar = self._encode(x, reuse)

@@ -643,18 +643,23 @@ def bar_chart(values: Mapping[str, float], path: str | Path, *, title: str | Non
 _LINE_PANEL_KEYS = {"series", "title", "xlabel", "ylabel", "ylim", "hline"}
 
 
-def _check_line_panels(panels: Any) -> list[list[tuple[str, np.ndarray, np.ndarray, dict]]]:
-    """Validate line_chart panels; return each panel's series as [(label, x (T,), y (T,), style)]."""
+def _panel_dicts(panels: Any, known: set[str]) -> list[Mapping[str, Any]]:
+    """Check that panels is a non-empty list of dicts whose keys are all in `known`; return it."""
     if isinstance(panels, Mapping) or not isinstance(panels, Sequence) or len(panels) == 0:
         raise ValueError("panels must be a non-empty list of dicts, one per panel")
-    checked = []
     for i, panel in enumerate(panels):
         if not isinstance(panel, Mapping):
             raise ValueError(f"panels[{i}] must be a dict, got {type(panel).__name__}")
-        unknown = set(panel) - _LINE_PANEL_KEYS
+        unknown = set(panel) - known
         if unknown:
-            raise ValueError(f"panels[{i}] has unknown keys {sorted(unknown)}; "
-                             f"known: {sorted(_LINE_PANEL_KEYS)}")
+            raise ValueError(f"panels[{i}] has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return list(panels)
+
+
+def _check_line_panels(panels: Any) -> list[list[tuple[str, np.ndarray, np.ndarray, dict]]]:
+    """Validate line_chart panels; return each panel's series as [(label, x (T,), y (T,), style)]."""
+    checked = []
+    for i, panel in enumerate(_panel_dicts(panels, _LINE_PANEL_KEYS)):
         series = panel.get("series")
         if not isinstance(series, Mapping) or len(series) == 0:
             raise ValueError(f"panels[{i}]['series'] must be a non-empty dict {{label: (x, y)}}")
@@ -740,16 +745,8 @@ def bar_panels(panels: Sequence[Mapping[str, Any]], path: str | Path, *,
     "title", "ylabel", and "colors": one matplotlib colour per bar (default C0, C1, ...).
     Panels are as wide as their number of bars, so bars have one width throughout.
     """
-    if isinstance(panels, Mapping) or not isinstance(panels, Sequence) or len(panels) == 0:
-        raise ValueError("panels must be a non-empty list of dicts, one per panel")
     checked = []
-    for i, panel in enumerate(panels):
-        if not isinstance(panel, Mapping):
-            raise ValueError(f"panels[{i}] must be a dict, got {type(panel).__name__}")
-        unknown = set(panel) - {"values", "title", "ylabel", "colors"}
-        if unknown:
-            raise ValueError(f"panels[{i}] has unknown keys {sorted(unknown)}; "
-                             "known: ['colors', 'title', 'values', 'ylabel']")
+    for i, panel in enumerate(_panel_dicts(panels, {"values", "title", "ylabel", "colors"})):
         values = panel.get("values")
         if not isinstance(values, Mapping) or len(values) == 0:
             raise ValueError(f"panels[{i}]['values'] must be a non-empty dict {{name: number}}")

@@ -23,7 +23,7 @@ from typing import TextIO
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .data import load_mnist_uint8
+from .data import load_mnist_uint8, to_float
 from .models import VAE, Autoencoder, build_model
 from .optim import Adam, make_optimizer
 from .train import Progress, fit, iwae_lr
@@ -155,11 +155,9 @@ def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
 
 def _codes(model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """The point in latent space of each image (uint8 or float): mu for a VAE, z for an AE. (N, Z)."""
-    codes = []
-    for start in range(0, len(images), batch_size):
-        x = as_float(images[start:start + batch_size])
-        codes.append(model.encode(x)[0] if isinstance(model, VAE) else model.encode(x))
-    return np.concatenate(codes)
+    # uint8 images are converted a batch at a time, not all at once (31 MB for the test set)
+    return np.concatenate([model.codes(as_float(images[s:s + batch_size]))
+                           for s in range(0, len(images), batch_size)])
 
 
 def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12) -> Path:
@@ -205,7 +203,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
 
 def as_float(images: np.ndarray) -> np.ndarray:
     """uint8 pixels as float32 in [0, 1]; floats unchanged."""
-    return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+    return to_float(images) if images.dtype == np.uint8 else images
 
 
 # --------------------------------------------------------------------------------------------
