@@ -416,7 +416,7 @@ def test_no_float64_anywhere_in_a_float32_model(kind, act):
         assert model.params[k].dtype == np.float32, k
         assert grads[k].dtype == np.float32, k
     assert model.flat_params.dtype == model.flat_grads.dtype == np.float32
-    assert opt.m.dtype == opt.v.dtype == np.float32
+    assert opt.m_sum.dtype == opt.v_sum.dtype == np.float32
     # every array any layer keeps (inputs, masks, outputs, sigma, eps) is float32 (or a boolean mask)
     checked = 0
     for layer in _all_layers(model):

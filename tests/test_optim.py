@@ -60,8 +60,9 @@ def test_adam_two_steps_by_hand():
     p1 = np.array([1.0, -2.0, 0.5]) - lr * g / (np.abs(g) + eps)
     np.testing.assert_allclose(flat(params), p1, rtol=1e-12)
     np.testing.assert_allclose(flat(params), [0.9, -1.9, 0.4], rtol=1e-6)
-    np.testing.assert_allclose(opt.m, 0.1 * g, rtol=1e-12)
-    np.testing.assert_allclose(opt.v, 0.001 * g * g, rtol=1e-12)
+    m, v = opt.moments()
+    np.testing.assert_allclose(m, 0.1 * g, rtol=1e-12)
+    np.testing.assert_allclose(v, 0.001 * g * g, rtol=1e-12)
     # step 2 with the opposite gradient -g:
     #   m = 0.9 * 0.1 g + 0.1 * (-g) = -0.01 g;          bias 1 - 0.9^2 = 0.19   -> m_hat = -g / 19
     #   v = 0.999 * 0.001 g^2 + 0.001 g^2 = 0.001999 g^2; bias 1 - 0.999^2 = 0.001999 -> v_hat = g^2
@@ -70,6 +71,54 @@ def test_adam_two_steps_by_hand():
     p2 = p1 - lr * (-g / 19) / (np.abs(g) + eps)
     np.testing.assert_allclose(flat(params), p2, rtol=1e-12)
     assert opt.t == 2
+
+
+def textbook_adam(p0, gradients, lr, b1, b2, eps):
+    """Adam exactly as the paper writes it (Kingma and Ba, 2015, Algorithm 1), in float64."""
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t, g in enumerate(gradients, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return p, m, v
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), lr=st.floats(1e-4, 0.5), b1=st.floats(0.0, 0.99),
+       b2=st.floats(0.5, 0.9999), eps=st.sampled_from([1e-8, 1e-3, 0.1]), steps=st.integers(1, 30))
+def test_adam_with_decaying_sums_follows_the_textbook_adam(seed, lr, b1, b2, eps, steps):
+    rng = np.random.default_rng(seed)
+    gradients = [rng.standard_normal(3) * 10.0 ** rng.uniform(-4, 2, 3) for _ in range(steps)]
+    params = make_params()
+    opt = Adam(params, lr=lr, betas=(b1, b2), eps=eps)
+    for g in gradients:
+        opt.step(make_grads(g[:2], g[2]))
+    p, m, v = textbook_adam(np.array([1.0, -2.0, 0.5]), gradients, lr, b1, b2, eps)
+    np.testing.assert_allclose(flat(params), p, rtol=1e-11, atol=1e-14)
+    m_opt, v_opt = opt.moments()
+    np.testing.assert_allclose(m_opt, m, rtol=1e-11, atol=1e-300)
+    np.testing.assert_allclose(v_opt, v, rtol=1e-11, atol=1e-300)
+
+
+def test_adam_resumes_from_an_old_state_with_m_and_v():
+    # Checkpoints written before npvae kept decaying sums hold Adam's m and v; loading one converts them.
+    gradients = _grad_sequence(6, seed=3)
+    params = make_params()
+    opt = Adam(params, lr=0.05)
+    for a, b in gradients[:3]:
+        opt.step(make_grads(a, b))
+    m, v = opt.moments()
+    old_state = {"t": np.array(3), "m": m, "v": v}
+    resumed_params = make_params()
+    for k in resumed_params:
+        resumed_params[k][...] = params[k]
+    resumed = Adam(resumed_params, lr=0.05)
+    resumed.load_state_dict(old_state)
+    assert resumed.t == 3
+    for a, b in gradients[3:]:
+        opt.step(make_grads(a, b))
+        resumed.step(make_grads(a, b))
+    np.testing.assert_allclose(flat(resumed_params), flat(params), rtol=1e-13)
 
 
 def test_adam_constant_gradient_moves_lr_every_step():
@@ -155,9 +204,9 @@ def test_adam_state_dict_contents():
     opt = Adam(params, lr=0.1)
     opt.step(make_grads([1.0, 2.0], 3.0, np.float32))
     state = opt.state_dict()
-    assert set(state) == {"t", "m", "v"}
-    assert int(state["t"]) == 1 and state["m"].shape == state["v"].shape == (3,)
-    assert state["m"].dtype == state["v"].dtype == np.float32
+    assert set(state) == {"t", "m_sum", "v_sum"}
+    assert int(state["t"]) == 1 and state["m_sum"].shape == state["v_sum"].shape == (3,)
+    assert state["m_sum"].dtype == state["v_sum"].dtype == np.float32
     assert set(SGD(make_params(), lr=0.1).state_dict()) == {"velocity"}
 
 
@@ -167,7 +216,7 @@ def test_load_state_dict_rejects_wrong_keys_and_shapes(cls):
     state = {k: np.array(v, copy=True) for k, v in opt.state_dict().items()}
     with pytest.raises(ValueError, match="keys"):
         opt.load_state_dict({**state, "extra": np.zeros(3)})
-    key = "velocity" if cls is SGD else "m"
+    key = "velocity" if cls is SGD else "m_sum"
     with pytest.raises(ValueError, match=r"\(4,\).*\(3,\)"):
         opt.load_state_dict({**state, key: np.zeros(4)})
 
