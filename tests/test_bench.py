@@ -156,6 +156,23 @@ def test_bench_with_pytorch_when_installed(tmp_path, monkeypatch):
     assert pt["available"] is True and pt["threads"] == 1
     assert pt["median_epoch_seconds"] > 0 and pt["ratio_npvae_to_pytorch"] > 0
     assert math.isfinite(pt["final_train_loss"])
+    npvae_seconds = json.loads(path.read_text())["npvae"]["epoch_seconds"]
+    assert pt["epoch_ratios"] == pytest.approx([a / b for a, b in zip(npvae_seconds, pt["epoch_seconds"])])
+
+
+def test_report_gives_the_median_of_the_paired_epoch_ratios(quick_results):
+    # Three epochs: npvae 2, 3, 9 s; PyTorch 4, 3, 10 s. Ratios 0.5, 1.0, 0.9 -> median 0.9, while
+    # the ratio of the medians would be 3 / 4 = 0.75.
+    r, _ = quick_results
+    r = json.loads(json.dumps(r))
+    r["settings"]["epochs_timed"] = 3
+    r["npvae"]["epoch_seconds"], r["npvae"]["median_epoch_seconds"] = [2.0, 3.0, 9.0], 3.0
+    r["pytorch"] = {"available": True, "version": "x", "threads": 1, "epoch_seconds": [4.0, 3.0, 10.0],
+                    "median_epoch_seconds": 4.0, "final_train_loss": 1.0, "epoch_ratios": [0.5, 1.0, 0.9],
+                    "ratio_npvae_to_pytorch": 0.9}
+    text = bench.report(r)
+    assert "npvae / PyTorch: 0.90 (median of the 3 epochs' ratios: 0.50, 1.00, 0.90)" in text
+    assert "PyTorch x |" in text and "1.11 |" in text        # time / npvae's = 1 / 0.9
 
 
 def test_no_torch_option_skips_with_a_note(tmp_path, monkeypatch):
