@@ -226,7 +226,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
                 raise TrainingDiverged(epoch, b, report["loss"])
             if clip is not None:
                 clip_grad_norm(model.flat_grads, clip)
-            optimizer.step(model.grads)
+            optimizer.step(model.grads, overwrite_grads=True)    # nothing reads the gradients after the step
             for k, v in report.items():
                 totals[k] += v * len(idx)
             seen += len(idx)

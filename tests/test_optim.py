@@ -296,6 +296,23 @@ def test_make_optimizer():
 
 
 @pytest.mark.parametrize("cls", [SGD, Adam])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_overwrite_grads_gives_the_same_steps_and_only_then_overwrites(cls, dtype):
+    sequence = _grad_sequence(5, seed=7)
+    kept_params, scratch_params = make_params(dtype), make_params(dtype)
+    kept, scratch = cls(kept_params, lr=0.05), cls(scratch_params, lr=0.05)
+    for a, b in sequence:
+        grads = make_grads(a, b, dtype)
+        kept.step(grads)
+        np.testing.assert_array_equal(flat(grads), np.concatenate([np.asarray(a, dtype), [b]]).astype(dtype))
+        grads = make_grads(a, b, dtype)
+        scratch.step(grads, overwrite_grads=True)
+        np.testing.assert_array_equal(flat(scratch_params), flat(kept_params))
+    assert not np.array_equal(flat(grads), np.concatenate([np.asarray(a, dtype), [b]]).astype(dtype))
+    assert scratch._tmp is None                     # never needed its own scratch buffer
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
 def test_updates_are_in_place_and_keep_float32(cls):
     params = make_params(np.float32)
     arrays = dict(params)
