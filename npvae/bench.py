@@ -15,6 +15,8 @@ What it measures, in one run, with one thread count for everything:
   alternated with npvae's so that both see the same machine; and the ratio npvae / PyTorch.
 - memory: the peak resident set of this process after npvae's epochs (before PyTorch is
   imported), and of a real `npvae train` run in a child process.
+- one step taken apart: the batch, loss_and_grads and the optimizer, each timed, beside the
+  matmul floor of one step.
 - scaling: time per epoch and fraction of the floor for hidden sizes 200-1600 and batch sizes
   32-512, each timed on part of an epoch and scaled to 60,000 images.
 
@@ -45,7 +47,7 @@ from .data import load_mnist_uint8, minibatch_indices
 from .models import VAE
 from .optim import Adam
 from .runs import positive_int
-from .train import fit
+from .train import fit, to_batch
 
 EPOCH_IMAGES = 60_000                      # per-epoch figures are for the full MNIST training set
 SCALING_HIDDEN = (200, 400, 800, 1600)     # at batch 128
@@ -202,6 +204,36 @@ class TorchRun:
             total += loss.item() * len(idx)      # as fit reports it: the epoch's mean loss per image
         self.last_loss = total / self.images.shape[0]
         return time.perf_counter() - start
+
+
+def step_breakdown(images: np.ndarray, hidden: list[int], latent: int, batch: int, seed: int,
+                   steps: int = 200) -> dict:
+    """Where a training step's time goes: the three calls of `fit`'s inner loop, timed one by one
+    on a fresh model (median over `steps` steps after a warm-up), in milliseconds.
+
+    batch: the minibatch, uint8 to float32 (npvae.train.to_batch); loss_and_grads: forward pass,
+    loss and backward pass; optimizer: one Adam step. Set beside the matmul floor of one step, it
+    tells how much of loss_and_grads is matrix products and how much is everything else.
+    """
+    model = VAE(images.shape[1], hidden, latent, likelihood="bernoulli", rng=seed)
+    optimizer = Adam(model.params, lr=1e-3)
+    rng = np.random.default_rng(seed)
+    out = np.empty((batch, images.shape[1]), dtype=model.dtype)
+    times: dict[str, list[float]] = {"batch": [], "loss_and_grads": [], "optimizer": []}
+    warmup = max(1, steps // 10)
+    for i in range(warmup + steps):
+        idx = rng.integers(0, images.shape[0], batch)
+        t0 = time.perf_counter()
+        x = to_batch(images, idx, model.dtype, out=out)
+        t1 = time.perf_counter()
+        model.loss_and_grads(x)
+        t2 = time.perf_counter()
+        optimizer.step(model.grads, overwrite_grads=True)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            for k, t in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+                times[k].append(t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def _import_torch():
@@ -419,7 +451,12 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
         note = "PyTorch: skipped (--no-torch)" if args.no_torch else "PyTorch not installed: skipped"
         results["pytorch"] = {"available": False, "note": note}
 
-    # 3. Scaling: each configuration on part of an epoch, after a short warm-up.
+    # 3. One training step taken apart, beside the matmul floor of a step.
+    say("one step, timed in parts ...")
+    results["step_ms"] = {**step_breakdown(images, hidden, latent, batch, args.seed, steps=20 if quick else 300),
+                          "matmul_floor": floor["flops_per_step"] / (floor["gflops_per_second"] * 1e9) * 1e3}
+
+    # 4. Scaling: each configuration on part of an epoch, after a short warm-up.
     results["scaling"] = []
     if not args.no_scaling:
         n_scale = min(x_all.shape[0], 512 if quick else args.scaling_images)
@@ -468,6 +505,7 @@ def report(results: dict) -> str:
              f"(NumPy float32 matmul at the training step's shapes)",
              (f"npvae / PyTorch: {pt['ratio_npvae_to_pytorch']:.2f} (median of the {len(pt['epoch_ratios'])} "
               f"epochs' ratios: {', '.join(f'{r:.2f}' for r in pt['epoch_ratios'])})") if pt["available"] else pt["note"],
+             _step_line(results.get("step_ms"), s["batch_size"]),
              f"peak resident memory: this process {mem['bench_peak_rss_mb_npvae']:.0f} MB after npvae's epochs"
              + (f"; `{mem['train_command']}` {mem['train_peak_rss_mb']:.0f} MB" if "train_peak_rss_mb" in mem else "")]
     # Only the load before the bench starts says something about other programs: the bench's own
@@ -482,6 +520,15 @@ def report(results: dict) -> str:
                       f"{EPOCH_IMAGES:,}):", "",
                   _table(["hidden", "batch", "GFLOP / epoch", "s / epoch", "floor s", "floor / time"], rows)]
     return "\n".join(lines)
+
+
+def _step_line(step: dict | None, batch: int) -> str:
+    if not step:
+        return "one step: not measured"
+    total = step["batch"] + step["loss_and_grads"] + step["optimizer"]
+    return (f"one step of {batch} images (median of its parts): batch {step['batch']:.2f} ms + loss_and_grads "
+            f"{step['loss_and_grads']:.2f} ms + Adam {step['optimizer']:.2f} ms = {total:.2f} ms; the matrix "
+            f"products' floor is {step['matmul_floor']:.2f} ms of it")
 
 
 def main(argv: list[str] | None = None) -> int:

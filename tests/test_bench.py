@@ -123,6 +123,12 @@ def test_quick_bench_json_has_every_part(quick_results):
 
     assert r["pytorch"] == {"available": False, "note": "PyTorch not installed: skipped"}
 
+    step = r["step_ms"]
+    assert set(step) == {"batch", "loss_and_grads", "optimizer", "matmul_floor"}
+    assert all(v > 0 for v in step.values())
+    # the floor of one step is the floor of an epoch over its 469 steps, near enough (the last batch is smaller)
+    assert step["matmul_floor"] == pytest.approx(fl["seconds_per_epoch"] * 1e3 / 469, rel=0.01)
+
     mem = r["memory"]
     for key in ("train_peak_rss_mb", "bench_peak_rss_mb_npvae", "bench_peak_rss_mb_final"):
         assert isinstance(mem[key], float) and 10 < mem[key] < 10_000, key
@@ -142,7 +148,7 @@ def test_report_prints_the_tables(quick_results):
     r, _ = quick_results
     text = bench.report(r)
     for part in ("npvae (train.fit)", "matmul floor", "PyTorch not installed: skipped", "peak resident memory",
-                 "| hidden | batch |", "GFLOP"):
+                 "| hidden | batch |", "GFLOP", "one step of 128 images (median of its parts): batch "):
         assert part in text, part
 
 
