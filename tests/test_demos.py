@@ -183,7 +183,7 @@ def test_demos_reuse_a_trained_run(tmp_path, runs_dir):
 
 
 def test_every_demo_is_listed():
-    scripts = {p.stem for p in DEMOS_DIR.glob("*.py")} - {"_common", "make_figures"}
+    scripts = {p.stem for p in DEMOS_DIR.glob("*.py")} - {"_common", "make_figures", "init_comparison"}
     assert scripts == set(FIGURES)
     from make_figures import DEMOS
     assert set(DEMOS) == set(FIGURES)
@@ -196,3 +196,19 @@ def test_demos_draw_only_with_npvae_plots():
         assert "import matplotlib" not in text and "from matplotlib" not in text, script.name
     for name in ("line_chart", "bar_panels", "cloud_scatter", "_figure", "_save"):
         assert not hasattr(C, name), f"_common.{name} should be gone (it is in npvae.plots)"
+
+
+def test_init_comparison_baseline_is_npvae_train_and_the_rules_differ(tmp_path):
+    """demos/init_comparison.py (no figures): its "pytorch" row is exactly `npvae train` with the
+    same settings, and the other rules really draw other parameters."""
+    import io
+    import json
+
+    import init_comparison
+    from npvae.runs import train_run
+    loss = init_comparison.run("pytorch", seed=0, quick=True)
+    out = train_run({"epochs": 1, "train_size": 2000, "test_size": 500}, tmp_path / "run", figures=False,
+                    stream=io.StringIO())
+    assert loss == json.loads((out / "history.json").read_text())[-1]["test_loss"]
+    others = {rule: init_comparison.run(rule, seed=0, quick=True) for rule in ("he+glorot", "he")}
+    assert len({loss, *others.values()}) == 3
