@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         dist, _ = nearest(recons[name][:n_samples])
         numbers["recon"][name] = err
         numbers["nearest"][f"{name} recon."] = dist.mean()
-        line = f"  {name}: reconstruction error {err:.4f} per pixel ({784 * err:.2f} per image, the L2 loss)"
+        line = (f"  {name}: reconstruction error {err:.4f} per pixel ({784 * err:.2f} per image, the L2 loss); "
+                f"nearest training image {dist.mean():.4f}")
         if clf is not None:
             numbers["confidence"][f"{name} recon."] = C.classify(clf, recons[name])["confidence"]
             line += (f"; classifier accuracy on reconstructions "

@@ -85,8 +85,8 @@ class Dense(Layer):
     - "pytorch" (default): W and b ~ U(-1/sqrt(D_in), 1/sqrt(D_in)), the default of PyTorch's
       nn.Linear. We use it because npvae's results are compared with PyTorch's (the VAE example),
       and because it trains the seed's VAE better here than He: 10 epochs of `npvae train` reach a
-      test loss of 30.33 with it against 30.73-30.74 with He before the ReLUs and Glorot elsewhere
-      (two seeds).
+      test loss of 30.32-30.37 with it against 30.73-30.86 with He before the ReLUs and Glorot
+      elsewhere (two seeds; `python demos/init_comparison.py`).
     - "he": W ~ N(0, 2 / D_in), b = 0. For ReLU-family layers this keeps the variance of the
       activations roughly constant from layer to layer (He et al., 2015), because ReLU zeroes
       half of its input.

@@ -35,8 +35,8 @@ class Optimizer:
     def step(self, grads: dict[str, Array], overwrite_grads: bool = False) -> None:
         """Update the parameters in place from gradients with the same keys as `params`.
 
-        overwrite_grads=True lets the update use the gradients' memory as its scratch space, so
-        that the gradients no longer hold after the step. The training loop passes True (it reads
+        overwrite_grads=True lets the update use the gradients' memory as its scratch space: after
+        the step, the gradient arrays hold scratch values. The training loop passes True (it reads
         the gradients before the step only): one buffer of the parameters' size less to stream
         through the caches at every step made training 3-4% faster (`fit` on the bench's model,
         steps alternated between the two settings in one process).
