@@ -258,7 +258,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     stream.write(f"Training {type(model).__name__} {784}-{'-'.join(map(str, cfg['hidden']))}-{cfg['latent']} "
                  f"({cfg['likelihood']} likelihood, {model.num_params:,} parameters) on {len(x_train):,} images, "
                  f"testing on {len(x_test):,}; run folder {out}\n")
-    start = time.perf_counter()
+    start, first = time.perf_counter(), len(history) + 1
     try:
         history = fit(model, optimizer, x_train, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                       rng=data_rng, eval_images=x_test, beta=cfg["beta"], warmup=cfg["warmup"],
@@ -270,7 +270,9 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         stream.write(f"\nInterrupted. The checkpoint of epoch {done} is in {ckpt_path}.\n"
                      f"Resume with: npvae train --out {out} --resume --epochs {cfg['epochs']}\n")
         raise
-    stream.write(f"Trained {cfg['epochs']} epochs in {time.perf_counter() - start:.1f} s.\n")
+    trained = (f"{cfg['epochs']} epochs" if first == 1 else
+               f"epochs {first}-{cfg['epochs']}" if first <= cfg["epochs"] else "no more epochs")
+    stream.write(f"Trained {trained} in {time.perf_counter() - start:.1f} s.\n")
     if figures:
         paths = write_figures(model, history, x_test, y_test, out, seed=cfg["seed"])
         stream.write("Figures:\n" + "".join(f"  {p}\n" for p in paths))

@@ -177,10 +177,12 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_resume_from_disk_is_bitwise_identical(tmp_path):
+def test_resume_from_disk_is_bitwise_identical(tmp_path, capsys):
     args = [*SMALL, "--no-figures", "--seed", "3"]
     assert main(["train", *args, "--epochs", "4", "--out", str(tmp_path / "a")]) == 0
+    assert "Trained 4 epochs in " in capsys.readouterr().out
     assert main(["train", "--epochs", "8", "--out", str(tmp_path / "a"), "--resume", "--no-figures"]) == 0
+    assert "Trained epochs 5-8 in " in capsys.readouterr().out          # not "Trained 8 epochs"
     assert main(["train", *args, "--epochs", "8", "--out", str(tmp_path / "b")]) == 0
     a, b = load_checkpoint(tmp_path / "a" / "checkpoint.npz"), load_checkpoint(tmp_path / "b" / "checkpoint.npz")
     assert a.epoch == b.epoch == 8
