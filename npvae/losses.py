@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import reusable, sigmoid
+from .layers import reusable, sigmoid, zeros
 
 Array = np.ndarray
 
@@ -73,14 +73,16 @@ def bernoulli_per_example(logits: Array, x: Array) -> Array:
     return _bernoulli_per_pixel(logits, x, out, work).sum(axis=1)
 
 
-def _bernoulli_per_pixel(logits: Array, x: Array, out: Array, work: Array) -> Array:
+def _bernoulli_per_pixel(logits: Array, x: Array, out: Array, work: Array,
+                         buffers: dict[str, Array] | None = None) -> Array:
     """max(l, 0) - x l + log(1 + exp(-|l|)) for each pixel, written into `out`, one in-place step
     at a time (`work`: scratch space of the same shape). Returns out."""
     bce = np.abs(logits, out=out)
     np.negative(bce, out=bce)
     np.exp(bce, out=bce)
     np.log1p(bce, out=bce)                               # log(1 + exp(-|l|))
-    bce += np.maximum(logits, 0, out=work)
+    zero = 0 if buffers is None else zeros(buffers, "zeros", logits.shape, logits.dtype)  # the same, faster
+    bce += np.maximum(logits, zero, out=work)
     bce -= np.multiply(x, logits, out=work)
     return bce
 
@@ -93,7 +95,8 @@ def bernoulli_reconstruction(logits: Array, x: Array,
     """
     n = x.shape[0]
     dlogits = _scratch(buffers, "dlogits", logits, x)   # scratch space until the gradient goes in
-    loss = _bernoulli_per_pixel(logits, x, _scratch(buffers, "work", logits, x), work=dlogits).sum() / n
+    loss = _bernoulli_per_pixel(logits, x, _scratch(buffers, "work", logits, x), work=dlogits,
+                                buffers=buffers).sum() / n
     # d/dl [softplus(l) - x l] = sigmoid(l) - x, divided by N for the batch mean.
     sigmoid(logits, out=dlogits)
     dlogits -= x

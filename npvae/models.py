@@ -99,16 +99,32 @@ class _Model:
             raise ValueError(f"x must be a floating-point array (pixels scaled to [0, 1]), got dtype {x.dtype}")
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch (shape (0, D))")
+        self._check_values(x, "x")
+        return x.astype(self.dtype, copy=False)
+
+    def _check_values(self, x: Array, name: str) -> None:
+        """Raise ValueError unless every value of x is finite and in [0, 1]."""
         # min and max propagate NaN, so two passes over x also find any NaN or inf.
         lo, hi = x.min(), x.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError("x contains NaN or inf")
+            raise ValueError(f"{name} contains NaN or inf")
         # The decoder's outputs lie in (0, 1), so targets outside [0, 1] are a mistake (most
         # often pixels not divided by 255), for either likelihood.
         if lo < 0 or hi > 1:
-            raise ValueError(f"x must have values in [0, 1] (the {self.likelihood} likelihood's targets), "
+            raise ValueError(f"{name} must have values in [0, 1] (the {self.likelihood} likelihood's targets), "
                              f"got values in [{lo:g}, {hi:g}]")
-        return x.astype(self.dtype, copy=False)
+
+    def check_data(self, images: Array, name: str = "images") -> None:
+        """Check a whole data set once, before training on it: (N, D) with N >= 1, and either
+        uint8 pixels (0..255, divided by 255 batch by batch) or values in [0, 1].
+
+        `fit` calls it, and then skips the per-batch checks of `loss_and_grads` (check=False):
+        two passes over the data set once instead of two passes over every batch.
+        """
+        if images.ndim != 2 or images.shape[1] != self.input_dim or images.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (N, {self.input_dim}) with N >= 1, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            self._check_values(images, name)
 
     def _check_z(self, z: Array) -> Array:
         z = np.asarray(z)
@@ -183,10 +199,13 @@ class Autoencoder(_Model):
         recon, _ = self._recon(self.decoder.forward(self.encoder.forward(x)), x)
         return {"loss": recon, "recon": recon}
 
-    def loss_and_grads(self, x: Array, eps: Array | None = None) -> tuple[dict[str, float], dict[str, Array]]:
+    def loss_and_grads(self, x: Array, eps: Array | None = None, *,
+                       check: bool = True) -> tuple[dict[str, float], dict[str, Array]]:
         """Loss and gradients for one batch. x: (N, D). `eps` is accepted for a uniform interface
-        with the VAE and ignored (an autoencoder draws nothing). Returns (report, self.grads)."""
-        x = self._check_x(x)
+        with the VAE and ignored (an autoencoder draws nothing). check=False: see VAE.loss_and_grads.
+        Returns (report, self.grads)."""
+        if check:
+            x = self._check_x(x)
         z = self.encoder.forward(x, reuse=True)          # (N, Z)
         logits = self.decoder.forward(z, reuse=True)     # (N, D)
         recon, dlogits = self._recon(logits, x)
@@ -269,14 +288,19 @@ class VAE(_Model):
         kl = float(losses.kl_per_example(mu, logvar).mean())
         return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl}
 
-    def loss_and_grads(self, x: Array, eps: Array | None = None) -> tuple[dict[str, float], dict[str, Array]]:
+    def loss_and_grads(self, x: Array, eps: Array | None = None, *,
+                       check: bool = True) -> tuple[dict[str, float], dict[str, Array]]:
         """Loss and gradients for one batch.
 
         x: (N, D) in [0, 1]; eps: (N, Z) fixes the draw, else the model's generator draws it.
+        check=False skips the checks of x (its shape, and values finite and in [0, 1]) for a
+        caller that has checked its data already (`fit` does, once, with `check_data`); x must
+        then be an (N, D) array of the model's dtype.
         Returns (report, grads): report has "loss", "recon", "kl" (per-image batch means);
         grads is self.grads, filled with the gradients of "loss".
         """
-        x = self._check_x(x)
+        if check:
+            x = self._check_x(x)
         n, Z = x.shape[0], self.latent_dim
         mu, logvar, logits = self._forward(x, self._eps(eps, n), reuse=True)
         recon, dlogits = self._recon(logits, x)

@@ -200,8 +200,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
-    if train_images.ndim != 2 or train_images.shape[1] != model.input_dim:
-        raise ValueError(f"train_images must have shape (N, {model.input_dim}), got {train_images.shape}")
+    model.check_data(train_images, "train_images")       # once, so the steps need not check each batch
     history = list(history or [])
     is_vae = isinstance(model, VAE)
     full_beta = model.beta if (is_vae and beta is None) else beta
@@ -221,7 +220,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
             x = to_batch(train_images, idx, model.dtype, out=batch)
             if binarization != "none":
                 x = binarize(x, binarization, rng=rng)
-            report, _ = model.loss_and_grads(x)
+            report, _ = model.loss_and_grads(x, check=False)
             if not math.isfinite(report["loss"]):
                 raise TrainingDiverged(epoch, b, report["loss"])
             if clip is not None:

@@ -183,6 +183,26 @@ def test_activation_values_and_slopes_by_hand(name, points, values, slopes):
     np.testing.assert_allclose(layer.backward(dout), dout * np.array([slopes]), rtol=1e-13, atol=1e-15)
 
 
+def test_zeros_is_a_reused_read_only_array_of_zeros():
+    store: dict = {}
+    a = layers.zeros(store, "z", (3, 4), np.float32)
+    assert a.shape == (3, 4) and a.dtype == np.float32 and not a.any()
+    assert layers.zeros(store, "z", (3, 4), np.float32) is a           # the same array again
+    with pytest.raises(ValueError, match="read-only"):
+        a[0, 0] = 1.0
+    b = layers.zeros(store, "z", (2, 4), np.float32)                   # another shape: a new array
+    assert b.shape == (2, 4) and not b.any() and store["z"] is b
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_relu_of_special_values(reuse):
+    # max(x, 0) against an array of zeros (see layers.zeros) keeps max's meaning everywhere
+    x = np.array([[-np.inf, -1.0, -0.0, 0.0, 2.5, np.inf, np.nan]], dtype=np.float32)
+    y = ReLU().forward(x, reuse=reuse)
+    np.testing.assert_array_equal(y, [[0.0, 0.0, 0.0, 0.0, 2.5, np.inf, np.nan]])
+    assert y.dtype == np.float32
+
+
 def test_relu_at_zero_gives_zero_and_zero_slope():
     layer = ReLU()
     np.testing.assert_array_equal(layer.forward(np.zeros((1, 2))), [[0.0, 0.0]])

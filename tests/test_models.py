@@ -552,6 +552,41 @@ def test_targets_outside_unit_interval_are_an_error_for_bernoulli(value):
     _assert_all_calls_raise(x, re.escape("[0, 1]") + ".*" + "bernoulli", likelihood="bernoulli")
 
 
+@pytest.mark.parametrize("bad, pattern", [(np.nan, "NaN or inf"), (np.inf, "NaN or inf"), (1.5, r"\[0, 1\]"),
+                                          (-0.25, r"\[0, 1\]")])
+def test_check_data_names_the_data_set_and_the_problem(bad, pattern):
+    for model in _models():
+        images = np.full((5, 6), 0.5, dtype=np.float32)
+        model.check_data(images, "train_images")                    # fine: no error
+        model.check_data(np.full((5, 6), 255, dtype=np.uint8))        # uint8 is divided by 255 later
+        images[3, 4] = bad
+        with pytest.raises(ValueError, match="train_images.*" + pattern):
+            model.check_data(images, "train_images")
+        for shape in [(0, 6), (5, 7), (6,)]:
+            with pytest.raises(ValueError, match=re.escape("(N, 6)")):
+                model.check_data(np.zeros(shape), "train_images")
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_loss_and_grads_without_checks_computes_the_same(kind):
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 6)).astype(np.float32)
+    eps = rng.standard_normal((4, 2)).astype(np.float32)
+    results = []
+    for check in (True, False):
+        model = VAE(6, [4], 2, rng=0) if kind == "vae" else Autoencoder(6, [4], 2, rng=0)
+        report, grads = model.loss_and_grads(x, eps, check=check)
+        results.append((report, {k: g.copy() for k, g in grads.items()}))
+    assert results[0][0] == results[1][0]
+    for k in results[0][1]:
+        np.testing.assert_array_equal(results[0][1][k], results[1][1][k])
+    # and the check is what stands between bad input and the model: without it, no error
+    bad = np.full((4, 6), 255.0, dtype=np.float32)
+    with pytest.raises(ValueError, match=re.escape("[0, 1]")):
+        model.loss_and_grads(bad, eps)
+    model.loss_and_grads(bad, eps, check=False)
+
+
 @pytest.mark.parametrize("eps_shape", [(3, 3), (2, 2), (3,), (3, 2, 1), (6,)])
 def test_eps_of_the_wrong_shape_is_an_error(eps_shape):
     vae = VAE(6, [4], 2, rng=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,25 @@ def test_nan_loss_stops_with_epoch_and_batch_named():
     model.params["dec1.b"][...] = np.nan
     with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 1.*lower learning rate"):
         tiny_fit(2, model=model)
+
+
+@pytest.mark.parametrize("images, pattern", [
+    (np.full((30, 12), 255.0, dtype=np.float32), r"train_images must have values in \[0, 1\].*got values in \[(0|255), 255\]"),
+    (np.full((30, 12), np.nan), "train_images contains NaN or inf"),
+    (np.zeros((30, 13), dtype=np.uint8), re.escape("train_images must have shape (N, 12)")),
+])
+def test_fit_checks_the_whole_training_set_before_the_first_step(images, pattern):
+    # fit checks its data once, up front (and then skips the per-batch checks): a bad image in
+    # the last batch is found before any step changes the model.
+    model = VAE(12, [8], 3, rng=1)
+    before = model.flat_params.copy()
+    good = images.copy()
+    good[:-1] = 0                          # only the last image (the last batch) is bad
+    for data in (images, good) if images.shape[1] == 12 else (images,):
+        with pytest.raises(ValueError, match=pattern):
+            fit(model, Adam(model.params, lr=1e-2), data, epochs=1, batch_size=10,
+                rng=np.random.default_rng(0), log=io.StringIO())
+    np.testing.assert_array_equal(model.flat_params, before)
 
 
 def test_to_batch_scales_uint8_and_reuses_buffer():
