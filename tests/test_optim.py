@@ -277,6 +277,23 @@ def test_params_must_be_views_of_one_flat_buffer(cls):
         opt.step({"a": np.zeros(2), "b": np.zeros((1, 1))})          # gradients too
 
 
+def test_step_follows_the_gradient_arrays_it_is_given():
+    # The optimizer remembers the flat buffer of the last gradient arrays it saw (finding it
+    # costs time); other arrays, or the same arrays with new values, must still be used as given.
+    params = make_params()
+    opt = SGD(params, lr=1.0, momentum=0.0)                          # p <- p - g
+    _, g1 = pack({"a": np.ones(2), "b": np.ones((1, 1))})
+    _, g2 = pack({"a": np.full(2, 2.0), "b": np.full((1, 1), 2.0)})
+    opt.step(g1)
+    opt.step(g2)
+    g1["a"][...] = 4.0                                               # same arrays, new values
+    opt.step(g1)
+    np.testing.assert_array_equal(flat(params), np.array([1.0, -2.0, 0.5]) - [7.0, 7.0, 4.0])
+    mixed = {"a": g1["a"], "b": g2["b"]}                             # two buffers: refused
+    with pytest.raises(ValueError, match="flat buffer"):
+        opt.step(mixed)
+
+
 def test_constructor_argument_errors():
     for lr in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="learning rate"):
