@@ -429,13 +429,16 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
             torch_times.append(torch_run.epoch() * scale)
             line += f", PyTorch {torch_times[-1]:.2f} s"
         say(line + (" (per 60,000 images)" if scale != 1 else ""))
-    floors.sort(key=lambda f: f["seconds_per_epoch"])
-    floor = results["floor"] = {**floors[len(floors) // 2],                # the median measurement
-                                "seconds_per_epoch_each": [f["seconds_per_epoch"] for f in floors]}
+    floor_each = [f["seconds_per_epoch"] for f in floors]                  # in epoch order
+    floor = results["floor"] = {**sorted(floors, key=lambda f: f["seconds_per_epoch"])[len(floors) // 2],
+                                "seconds_per_epoch_each": floor_each}      # the median measurement, and all
     npvae_median = statistics.median(npvae_times)
     results["npvae"] = {"epoch_seconds": npvae_times, "median_epoch_seconds": npvae_median,
                         "final_train_loss": npvae_run.history[-1]["train_loss"],
-                        "fraction_of_floor": floor["seconds_per_epoch"] / npvae_median}
+                        "fraction_of_floor": floor["seconds_per_epoch"] / npvae_median,
+                        # each epoch against the floor measured just before it: how much the
+                        # fraction moves with the machine's state during the run
+                        "fraction_of_floor_each": [f / t for f, t in zip(floor_each, npvae_times)]}
     if torch_run is not None:
         torch_median = statistics.median(torch_times)
         # The ratio is the median of the epochs' ratios: each npvae epoch runs right before a
@@ -502,7 +505,9 @@ def report(results: dict) -> str:
              + (f" (timed on {s['images']:,} images and scaled)" if s["images"] != s["seconds_scaled_to_images"] else ""),
              "", _table(["", "s / epoch", "floor / time", "time / npvae's"], rows), "",
              f"matmul floor: {fl['flops_per_epoch'] / 1e9:.0f} GFLOP per epoch at {fl['gflops_per_second']:.0f} GFLOP/s "
-             f"(NumPy float32 matmul at the training step's shapes)",
+             f"(NumPy float32 matmul at the training step's shapes)"
+             + (f"; each epoch against the floor measured before it: "
+                f"{', '.join(f'{r:.0%}' for r in npv['fraction_of_floor_each'])}" if "fraction_of_floor_each" in npv else ""),
              (f"npvae / PyTorch: {pt['ratio_npvae_to_pytorch']:.2f} (median of the {len(pt['epoch_ratios'])} "
               f"epochs' ratios: {', '.join(f'{r:.2f}' for r in pt['epoch_ratios'])})") if pt["available"] else pt["note"],
              _step_line(results.get("step_ms"), s["batch_size"]),

@@ -114,6 +114,9 @@ def test_quick_bench_json_has_every_part(quick_results):
     assert len(npv["epoch_seconds"]) == 1 and npv["median_epoch_seconds"] > 0
     assert math.isfinite(npv["final_train_loss"])
     assert 0 < npv["fraction_of_floor"] <= 1.5
+    # one fraction per timed epoch, each the floor measured before that epoch over its time
+    (each,) = npv["fraction_of_floor_each"]
+    assert each == r["floor"]["seconds_per_epoch_each"][0] / npv["epoch_seconds"][0]
 
     fl = r["floor"]
     assert round(fl["flops_per_epoch"] / 1e9) == 197 and fl["flops_per_step"] > 0
@@ -150,6 +153,7 @@ def test_report_prints_the_tables(quick_results):
     for part in ("npvae (train.fit)", "matmul floor", "PyTorch not installed: skipped", "peak resident memory",
                  "| hidden | batch |", "GFLOP", "one step of 128 images (median of its parts): batch "):
         assert part in text, part
+    assert f"each epoch against the floor measured before it: {r['npvae']['fraction_of_floor_each'][0]:.0%}" in text
 
 
 def test_bench_with_pytorch_when_installed(tmp_path, monkeypatch):
