@@ -187,7 +187,9 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
         progress: Progress | None = None, log: TextIO | None = None) -> list[dict]:
     """Train `model` with `optimizer` until `epochs` epochs are complete; return the history.
 
-    train_images: (N, D), uint8 or float in [0, 1]. eval_images: (M, D), evaluated after every
+    train_images: (N, D), uint8 or float in [0, 1], checked once before the first step (so a
+    bad image fails at once, not at its batch; the steps then skip the per-batch checks of
+    `loss_and_grads`). eval_images: (M, D), evaluated after every
     epoch (with a draw of eps seeded from `eval_seed` and the epoch, so a resumed run evaluates
     exactly like an uninterrupted one). rng: the generator for shuffling and dynamic
     binarization. lr_schedule(epoch) gives the learning rate of each 1-based epoch (default: the
