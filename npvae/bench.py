@@ -16,7 +16,8 @@ What it measures, in one run, with one thread count for everything:
 - memory: the peak resident set of this process after npvae's epochs (before PyTorch is
   imported), and of a real `npvae train` run in a child process.
 - one step taken apart: the batch, loss_and_grads and the optimizer, each timed, beside the
-  matmul floor of one step.
+  matmul floor of one step; and how much processor time elementwise work takes when matrix
+  products come in between (BLAS threads that spin while they wait take a core of their own).
 - scaling: time per epoch and fraction of the floor for hidden sizes 200-1600 and batch sizes
   32-512, each timed on part of an epoch and scaled to 60,000 images.
 
@@ -234,6 +235,31 @@ def step_breakdown(images: np.ndarray, hidden: list[int], latent: int, batch: in
             for k, t in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
                 times[k].append(t)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def idle_blas_cpu(seconds: float = 1.0, every: float = 0.005) -> dict:
+    """Processor seconds per second of elementwise NumPy work (one core's worth), alone and with
+    a small matrix product every `every` seconds.
+
+    NumPy's elementwise operations run on the calling thread. If the second figure is near 2
+    with 2 threads, OpenBLAS's other thread spins between products, waiting for the next one,
+    and keeps the other core busy: elementwise work in Python threads would compete with it.
+    """
+    a = np.ones((256, 256), dtype=np.float32)
+    v = np.ones(1 << 18, dtype=np.float32)
+    result = {}
+    for name, with_products in (("alone", False), ("with_products", True)):
+        np.matmul(a, a)
+        time.sleep(0.2)                   # let any spinning thread time out and sleep
+        cpu0, start = time.process_time(), time.perf_counter()
+        last = start
+        while (now := time.perf_counter()) - start < seconds:
+            np.multiply(v, 1.0, out=v)
+            if with_products and now - last > every:
+                np.matmul(a, a)
+                last = now
+        result[name] = (time.process_time() - cpu0) / (time.perf_counter() - start)
+    return result
 
 
 def _import_torch():
@@ -458,6 +484,7 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
     say("one step, timed in parts ...")
     results["step_ms"] = {**step_breakdown(images, hidden, latent, batch, args.seed, steps=20 if quick else 300),
                           "matmul_floor": floor["flops_per_step"] / (floor["gflops_per_second"] * 1e9) * 1e3}
+    results["blas_idle_cpu"] = idle_blas_cpu(0.2 if quick else 1.0)
 
     # 4. Scaling: each configuration on part of an epoch, after a short warm-up.
     results["scaling"] = []
@@ -511,6 +538,7 @@ def report(results: dict) -> str:
              (f"npvae / PyTorch: {pt['ratio_npvae_to_pytorch']:.2f} (median of the {len(pt['epoch_ratios'])} "
               f"epochs' ratios: {', '.join(f'{r:.2f}' for r in pt['epoch_ratios'])})") if pt["available"] else pt["note"],
              _step_line(results.get("step_ms"), s["batch_size"]),
+             _idle_line(results.get("blas_idle_cpu")),
              f"peak resident memory: this process {mem['bench_peak_rss_mb_npvae']:.0f} MB after npvae's epochs"
              + (f"; `{mem['train_command']}` {mem['train_peak_rss_mb']:.0f} MB" if "train_peak_rss_mb" in mem else "")]
     # Only the load before the bench starts says something about other programs: the bench's own
@@ -534,6 +562,14 @@ def _step_line(step: dict | None, batch: int) -> str:
     return (f"one step of {batch} images (median of its parts): batch {step['batch']:.2f} ms + loss_and_grads "
             f"{step['loss_and_grads']:.2f} ms + Adam {step['optimizer']:.2f} ms = {total:.2f} ms; the matrix "
             f"products' floor is {step['matmul_floor']:.2f} ms of it")
+
+
+def _idle_line(idle: dict | None) -> str:
+    if not idle:
+        return "processor time of elementwise work: not measured"
+    return (f"processor seconds per second of elementwise work: {idle['alone']:.2f} alone, "
+            f"{idle['with_products']:.2f} with a matrix product every 5 ms (above 1: BLAS threads "
+            f"spin between products)")
 
 
 def main(argv: list[str] | None = None) -> int:

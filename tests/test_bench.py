@@ -114,6 +114,8 @@ def test_quick_bench_json_has_every_part(quick_results):
     assert len(npv["epoch_seconds"]) == 1 and npv["median_epoch_seconds"] > 0
     assert math.isfinite(npv["final_train_loss"])
     assert 0 < npv["fraction_of_floor"] <= 1.5
+    idle = r["blas_idle_cpu"]                   # 1 thread: nothing spins beside the main thread
+    assert set(idle) == {"alone", "with_products"} and all(0.3 < v < 1.5 for v in idle.values()), idle
     # one fraction per timed epoch, each the floor measured before that epoch over its time
     (each,) = npv["fraction_of_floor_each"]
     assert each == r["floor"]["seconds_per_epoch_each"][0] / npv["epoch_seconds"][0]
@@ -151,7 +153,8 @@ def test_report_prints_the_tables(quick_results):
     r, _ = quick_results
     text = bench.report(r)
     for part in ("npvae (train.fit)", "matmul floor", "PyTorch not installed: skipped", "peak resident memory",
-                 "| hidden | batch |", "GFLOP", "one step of 128 images (median of its parts): batch "):
+                 "| hidden | batch |", "GFLOP", "one step of 128 images (median of its parts): batch ",
+                 "processor seconds per second of elementwise work: "):
         assert part in text, part
     assert f"each epoch against the floor measured before it: {r['npvae']['fraction_of_floor_each'][0]:.0%}" in text
 
