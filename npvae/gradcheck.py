@@ -48,20 +48,20 @@ def rel_error(a: Array, b: Array) -> float:
 def numerical_gradient(f: Callable[[], float], x: Array, h: float = H) -> Array:
     """Central-difference gradient of f() with respect to the array x, which f reads.
 
-    x is perturbed in place, one element at a time, and restored exactly.
+    x is perturbed in place, one element at a time, and restored exactly. Any memory layout
+    works (a transposed or sliced view too): each element is written through its index.
     """
     if x.dtype != np.float64:
         raise ValueError(f"gradient checks need float64 (h = {h} is lost in float32 rounding), got {x.dtype}")
-    grad = np.zeros_like(x)
-    flat_x, flat_g = x.reshape(-1), grad.reshape(-1)   # views: writing to flat_x changes x
-    for i in range(flat_x.size):
-        old = flat_x[i]
-        flat_x[i] = old + h
+    grad = np.zeros(x.shape)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
         f_plus = f()
-        flat_x[i] = old - h
+        x[i] = old - h
         f_minus = f()
-        flat_x[i] = old
-        flat_g[i] = (f_plus - f_minus) / (2 * h)
+        x[i] = old
+        grad[i] = (f_plus - f_minus) / (2 * h)
     return grad
 
 

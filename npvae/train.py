@@ -77,6 +77,13 @@ def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = Non
 def clip_grad_norm(flat_grads: Array, max_norm: float) -> float:
     """Scale the gradient in place so its global L2 norm is at most max_norm. Returns the norm before."""
     norm = math.sqrt(float(np.dot(flat_grads, flat_grads)))
+    if math.isinf(norm):
+        # The sum of squares overflowed (float32 tops out at 3.4e38): divide by the largest
+        # entry first, so that a huge gradient is scaled down, not zeroed.
+        largest = float(np.max(np.abs(flat_grads)))
+        if math.isfinite(largest):
+            scaled = flat_grads / flat_grads.dtype.type(largest)
+            norm = largest * math.sqrt(float(np.dot(scaled, scaled)))
     if norm > max_norm:
         flat_grads *= max_norm / norm
     return norm
@@ -211,46 +218,50 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     batch = np.empty((min(batch_size, n), model.input_dim), dtype=model.dtype)   # reused every step
     n_batches = math.ceil(n / batch_size)
 
-    for epoch in range(len(history) + 1, epochs + 1):
-        start = time.perf_counter()
-        if is_vae:
-            model.beta = beta_at(epoch, full_beta, warmup)
-        if lr_schedule is not None:
-            optimizer.lr = lr_schedule(epoch)
-        totals, seen = {"loss": 0.0, "recon": 0.0, "kl": 0.0}, 0
-        for b, idx in enumerate(minibatch_indices(n, batch_size, rng), start=1):
-            x = to_batch(train_images, idx, model.dtype, out=batch)
-            if binarization != "none":
-                x = binarize(x, binarization, rng=rng)
-            report, _ = model.loss_and_grads(x, check=False)
-            if not math.isfinite(report["loss"]):
-                raise TrainingDiverged(epoch, b, report["loss"])
-            if clip is not None:
-                clip_grad_norm(model.flat_grads, clip)
-            optimizer.step(model.grads, overwrite_grads=True)    # nothing reads the gradients after the step
-            for k, v in report.items():
-                totals[k] += v * len(idx)
-            seen += len(idx)
+    try:
+        for epoch in range(len(history) + 1, epochs + 1):
+            start = time.perf_counter()
+            if is_vae:
+                model.beta = beta_at(epoch, full_beta, warmup)
+            if lr_schedule is not None:
+                optimizer.lr = lr_schedule(epoch)
+            totals, seen = {"loss": 0.0, "recon": 0.0, "kl": 0.0}, 0
+            for b, idx in enumerate(minibatch_indices(n, batch_size, rng), start=1):
+                x = to_batch(train_images, idx, model.dtype, out=batch)
+                if binarization != "none":
+                    x = binarize(x, binarization, rng=rng)
+                report, _ = model.loss_and_grads(x, check=False)
+                if not math.isfinite(report["loss"]):
+                    raise TrainingDiverged(epoch, b, report["loss"])
+                if clip is not None:
+                    clip_grad_norm(model.flat_grads, clip)
+                optimizer.step(model.grads, overwrite_grads=True)    # nothing reads the gradients after the step
+                for k, v in report.items():
+                    totals[k] += v * len(idx)
+                seen += len(idx)
+                if progress is not None:
+                    progress.batch(epoch, epochs, b, n_batches, totals["loss"] / seen,
+                                   time.perf_counter() - start)
             if progress is not None:
-                progress.batch(epoch, epochs, b, n_batches, totals["loss"] / seen, time.perf_counter() - start)
-        if progress is not None:
-            progress.epoch_end()
+                progress.epoch_end()
 
-        row: dict = {"epoch": epoch}
-        row.update({f"train_{k}": totals[k] / n for k in (("loss", "recon", "kl") if is_vae else ("loss", "recon"))})
-        if eval_images is not None:
-            test = evaluate_loss(model, eval_images, rng=np.random.default_rng([eval_seed, epoch]),
-                                 binarization=binarization)
-            row.update({f"test_{k}": v for k, v in test.items()})
-        if is_vae:
-            row["beta"] = model.beta
-        row["lr"] = optimizer.lr
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
-        log.write(format_epoch(row) + "\n")
-        log.flush()
-        if on_epoch_end is not None:
-            on_epoch_end(history)
-    if is_vae:
-        model.beta = full_beta
+            row: dict = {"epoch": epoch}
+            parts = ("loss", "recon", "kl") if is_vae else ("loss", "recon")
+            row.update({f"train_{k}": totals[k] / n for k in parts})
+            if eval_images is not None:
+                test = evaluate_loss(model, eval_images, rng=np.random.default_rng([eval_seed, epoch]),
+                                     binarization=binarization)
+                row.update({f"test_{k}": v for k, v in test.items()})
+            if is_vae:
+                row["beta"] = model.beta
+            row["lr"] = optimizer.lr
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            log.write(format_epoch(row) + "\n")
+            log.flush()
+            if on_epoch_end is not None:
+                on_epoch_end(history)
+    finally:
+        if is_vae:       # the warm-up changes model.beta epoch by epoch: give the full beta back,
+            model.beta = full_beta      # also after a divergence or Ctrl-C, so a later fit starts right
     return history

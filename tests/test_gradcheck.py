@@ -118,6 +118,19 @@ def test_numerical_gradient_of_a_function_of_two_arrays_differentiates_only_one(
     np.testing.assert_allclose(grad, [5.0, 0.0], atol=1e-8)
 
 
+@pytest.mark.parametrize("view", ["transposed", "column slice"])
+def test_numerical_gradient_of_a_view_perturbs_the_viewed_memory(view):
+    # mu is a column slice of the head's output, and W.T a transposed view: neither is
+    # contiguous, and reshaping them would perturb a copy (the gradient would come out 0).
+    base = np.arange(12.0).reshape(3, 4)
+    x = base.T if view == "transposed" else base[:, 1:3]
+    assert not x.flags.c_contiguous
+    before = x.copy()
+    grad = numerical_gradient(lambda: float(np.sum(x ** 2)), x)
+    np.testing.assert_allclose(grad, 2 * before, atol=1e-6)             # d/dx sum(x^2) = 2x
+    np.testing.assert_array_equal(x, before)
+
+
 def test_numerical_gradient_refuses_float32():
     x = np.ones(3, dtype=np.float32)
     with pytest.raises(ValueError, match="float64.*float32"):

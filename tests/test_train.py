@@ -125,6 +125,30 @@ def test_clip_grad_norm():
     assert np.allclose(g2, [0.3, 0.4])
 
 
+def test_clip_grad_norm_scales_a_gradient_whose_squares_overflow_float32():
+    # 10 entries of 1e19: the sum of squares (1e39) overflows float32; the norm is 1e19 sqrt(10)
+    g = np.full(10, 1e19, dtype=np.float32)
+    assert clip_grad_norm(g, 1.0) == pytest.approx(1e19 * 10 ** 0.5, rel=1e-6)
+    np.testing.assert_allclose(g, np.full(10, 10 ** -0.5), rtol=1e-6)    # scaled to norm 1, not zeroed
+    assert g.dtype == np.float32
+
+
+@pytest.mark.parametrize("stop", ["diverged", "interrupted"])
+def test_fit_gives_the_full_beta_back_when_it_stops_early(stop):
+    # During a warm-up, fit sets model.beta epoch by epoch; a fit that ends early must still
+    # leave the full beta, or a later fit on the same model would take the warm-up's value as full.
+    model = VAE(12, [8], 3, beta=2.0, rng=1)
+
+    def on_epoch_end(history):
+        if len(history) == 1:
+            raise KeyboardInterrupt
+    kw = dict(on_epoch_end=on_epoch_end) if stop == "interrupted" else dict(lr_schedule=lambda e: 1e30)
+    with pytest.raises(KeyboardInterrupt if stop == "interrupted" else TrainingDiverged):
+        fit(model, Adam(model.params, lr=1e-2), tiny_data(), epochs=4, batch_size=10, warmup=3,
+            rng=np.random.default_rng(0), log=io.StringIO(), **kw)
+    assert model.beta == 2.0
+
+
 def test_evaluate_loss_is_a_weighted_mean_over_batches():
     model = VAE(12, [8], 3, rng=1)
     x = tiny_data(25)
