@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import DEFAULTS, PRESETS, positive_int
+from .runs import DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -32,13 +32,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")
     p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
                    help=f"hidden activation (default {d['activation']})")
-    p.add_argument("--beta", type=float, help=f"weight of the KL term (default {d['beta']:g})")
-    p.add_argument("--warmup", type=int, metavar="K", help="linear KL warm-up over the first K epochs (default 0)")
-    p.add_argument("--epochs", type=int, help=f"total epochs; with --resume, the epoch to train up to (default {d['epochs']})")
+    p.add_argument("--beta", type=nonnegative_float, help=f"weight of the KL term (default {d['beta']:g})")
+    p.add_argument("--warmup", type=nonnegative_int, metavar="K", help="linear KL warm-up over the first K epochs (default 0)")
+    p.add_argument("--epochs", type=positive_int, help=f"total epochs; with --resume, the epoch to train up to (default {d['epochs']})")
     p.add_argument("--batch-size", type=positive_int, help=f"minibatch size (default {d['batch_size']})")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--lr", type=positive_float, help=f"learning rate (default {d['lr']:g})")
     p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"optimizer (default {d['optimizer']})")
-    p.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient's global norm to NORM (default: off)")
+    p.add_argument("--clip", type=positive_float, metavar="NORM", help="clip the gradient's global norm to NORM (default: off)")
     p.add_argument("--seed", type=int, help=f"seed of every random draw: same seed, same run (default {d['seed']})")
     p.add_argument("--dtype", choices=["float32", "float64"], help=f"floating-point type (default {d['dtype']})")
     p.add_argument("--data-dir", metavar="DIR", help="a folder of IDX files named like MNIST's (default: bundled MNIST)")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reconstruct", "test images beside their reconstructions"),
                        ("interpolate", "interpolations between pairs of test images")):
         p = sub.add_parser(name, help=f"{what}, from a saved run")
-        p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
+        p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
         p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     from . import evaluate
@@ -101,21 +101,21 @@ def _figure(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     try:
         model, ckpt = runs.load_run(args.run)
-    except CheckpointError as e:
+        out = Path(args.out) if args.out else runs.run_folder(args.run)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = {**DEFAULTS, **ckpt.config}
+        if args.command == "sample":
+            path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
+        else:
+            _, x_test, _ = runs.load_data(cfg)
+            x_test = runs.as_float(x_test)
+            if args.command == "reconstruct":
+                path = runs.figure_reconstruct(model, x_test, out)
+            else:
+                path = runs.figure_interpolate(model, x_test, out)
+    except (CheckpointError, ValueError, OSError) as e:      # no run there, its data gone, ...
         print(f"npvae {args.command}: {e}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else Path(args.run)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = {**DEFAULTS, **ckpt.config}
-    if args.command == "sample":
-        path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
-    else:
-        _, x_test, _ = runs.load_data(cfg)
-        x_test = runs.as_float(x_test)
-        if args.command == "reconstruct":
-            path = runs.figure_reconstruct(model, x_test, out)
-        else:
-            path = runs.figure_interpolate(model, x_test, out)
     print(f"wrote {path}")
     return 0
 

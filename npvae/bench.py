@@ -385,6 +385,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by the parsed options; print the tables and write the JSON."""
+    folder = Path(args.json).resolve().parent
+    if not folder.is_dir():          # found now, not after minutes of timing
+        print(f"npvae bench: --json {args.json}: the folder {folder} does not exist", file=sys.stderr)
+        return 2
     threads = args.threads or _available_cores()
     limiter = limit_blas_threads(threads)
     if limiter is None and os.environ.get(_CHILD) is None and any(

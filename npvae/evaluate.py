@@ -67,7 +67,7 @@ from .classifier import Classifier, get_classifier
 from .data import binarize, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
-from .runs import DEFAULTS, load_run, positive_int
+from .runs import DEFAULTS, load_run, positive_int, run_folder
 from .train import Ticker, progress_stream
 
 Array = np.ndarray
@@ -317,7 +317,7 @@ def class_entropy(histogram: Array) -> float:
     """Entropy in nats of a histogram of counts (0 for one class, log 10 = 2.303 for ten equal ones)."""
     p = np.asarray(histogram, dtype=np.float64)
     p = p[p > 0] / p.sum()
-    return float(-(p * np.log(p)).sum())
+    return max(0.0, float(-(p * np.log(p)).sum()))     # one class: 0, not -0
 
 
 def sample_quality(model: Model, classifier: Classifier, n: int = 10000,
@@ -386,9 +386,9 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
     if k < 1 or n_draws < 1:
         raise ValueError(f"k and n_draws must be >= 1, got k={k}, n_draws={n_draws}")
     out = progress_stream(progress)
-    run_dir = Path(run_dir)
     t_start = time.perf_counter()
     model, ckpt = load_run(run_dir)
+    run_dir = run_folder(run_dir)                     # given a checkpoint file: its folder
     cfg = {**DEFAULTS, **ckpt.config}
     x, y, data_what = _evaluation_images(cfg, split)
     if limit:

@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from .optim import Adam, make_optimizer
 from .train import Progress, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
+# Everything `npvae train` and `npvae evaluate` write into a run folder: --overwrite removes them.
+RUN_FILES = (CHECKPOINT, "config.json", "history.csv", "history.json", "eval.json", "reconstructions.png",
+             "samples.png", "interpolation.png", "training_curves.png", "latent.png")
 
 # The seed's model: a VAE with the L2 reconstruction loss plus KL, 784-400-20, ReLU, Adam 1e-3,
 # batch 128, 10 epochs, on the bundled MNIST.
@@ -61,21 +65,63 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """An argparse type for counts that may be 0 (the warm-up's epochs)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for a finite number > 0 (learning rate, clipping norm)."""
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type for a finite number >= 0 (the KL weight beta)."""
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+# The settings a run's folder name shows when they differ from the defaults (or the preset's).
+_NAMED_SETTINGS = ("activation", "binarize", "warmup", "seed", "dtype", "lr", "batch_size", "optimizer",
+                   "train_size", "clip")
+
+
 def run_name(cfg: dict) -> str:
-    """A folder name that tells the settings apart, e.g. "vae-l2-h400-z20"."""
+    """A folder name that tells the settings apart, e.g. "vae-l2-h400-z20", or for a preset its
+    name and what differs from it, e.g. "iwae-mnist-h16-trainsize200"."""
+    def hidden(h):
+        return "h" + "x".join(map(str, h))
     if cfg.get("preset"):
-        return cfg["preset"] + (f"-seed{cfg['seed']}" if cfg["seed"] else "")
-    name = f"{cfg['model']}-{cfg['likelihood']}-h{'x'.join(map(str, cfg['hidden']))}-z{cfg['latent']}"
-    if cfg["model"] == "vae" and cfg["beta"] != 1:
-        name += f"-beta{cfg['beta']:g}"
-    for key, default in (("activation", "relu"), ("binarize", "none"), ("warmup", 0), ("seed", 0),
-                         ("dtype", "float32"), ("lr", 1e-3), ("batch_size", 128), ("optimizer", "adam"),
-                         ("train_size", None), ("clip", None)):
-        if cfg[key] != default:
+        name, base = cfg["preset"], {**DEFAULTS, **PRESETS[cfg["preset"]]}
+        parts = [("model", str), ("likelihood", str), ("hidden", hidden), ("latent", lambda z: f"z{z}"),
+                 ("beta", lambda b: f"beta{b:g}")]
+        for key, show in parts:
+            if cfg[key] != base[key]:
+                name += "-" + show(cfg[key])
+    else:
+        name, base = f"{cfg['model']}-{cfg['likelihood']}-{hidden(cfg['hidden'])}-z{cfg['latent']}", DEFAULTS
+        if cfg["model"] == "vae" and cfg["beta"] != 1:
+            name += f"-beta{cfg['beta']:g}"
+    for key in _NAMED_SETTINGS:
+        if cfg[key] != base[key]:
             name += f"-{key.replace('_', '')}{cfg[key]}"
     if cfg["data_dir"]:
         name += "-" + Path(cfg["data_dir"]).name
     return name
+
+
+def run_folder(run: str | Path) -> Path:
+    """The folder of a run given as its folder or as its checkpoint file."""
+    run = Path(run)
+    return run.parent if run.is_file() else run
 
 
 def model_config(cfg: dict) -> dict:
@@ -177,6 +223,9 @@ def figure_sample(model, out: Path, rng: np.random.Generator, n: int = 100) -> P
 
 def figure_interpolate(model, x_test: np.ndarray, out: Path, pairs: int = 6, steps: int = 10) -> Path:
     from . import plots
+    pairs = min(pairs, len(x_test) // 2)             # a small test set gives fewer rows
+    if pairs < 1:
+        raise ValueError(f"an interpolation needs at least 2 test images, the run has {len(x_test)}")
     codes = _codes(model, x_test[:2 * pairs])
     a, b = codes[0::2], codes[1::2]                                   # (pairs, Z) each
     t = np.linspace(0, 1, steps, dtype=model.dtype)[None, :, None]    # (1, steps, 1)
@@ -192,7 +241,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
     from . import plots
     rng = np.random.default_rng(seed)
     paths = [figure_reconstruct(model, x_test, out), figure_sample(model, out, rng),
-             figure_interpolate(model, x_test, out),
+             *([figure_interpolate(model, x_test, out)] if len(x_test) >= 2 else []),
              plots.training_curves(history, out / "training_curves.png", likelihood=model.likelihood,
                                    title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")]
     if model.latent_dim == 2:
@@ -220,18 +269,30 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     """
     stream = stream if stream is not None else sys.stdout
     cfg = {**DEFAULTS, **cfg}
+    if cfg["data_dir"]:     # an absolute path, so the run's commands work from any folder
+        cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
+    for key, least in (("epochs", 0), ("warmup", 0)):
+        if cfg[key] < least:
+            raise ValueError(f"{key} must be >= {least}, got {cfg[key]}")
+    if cfg["clip"] is not None and not (cfg["clip"] > 0 and math.isfinite(cfg["clip"])):
+        raise ValueError(f"clip must be a finite number > 0 (or None: no clipping), got {cfg['clip']}")
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
     ckpt_path = out / CHECKPOINT
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
     if resume:
         model, ckpt = load_run(out)
         saved = {**DEFAULTS, **ckpt.config}
+        if saved["data_dir"]:      # runs written before data_dir was stored resolved
+            saved["data_dir"] = str(Path(saved["data_dir"]).expanduser().resolve())
         given = cfg.get("_given", ())
         differ = [k for k in given if k not in CHANGEABLE_ON_RESUME and cfg[k] != saved[k]]
         if differ:
             raise ValueError(f"cannot resume {out} with different settings: "
                              + ", ".join(f"{k}={cfg[k]!r} (the run has {saved[k]!r})" for k in differ))
         cfg = {**saved, **{k: cfg[k] for k in CHANGEABLE_ON_RESUME if k in given}}
+        if cfg["epochs"] < ckpt.epoch:
+            raise ValueError(f"{out} has trained {ckpt.epoch} epochs already; --epochs gives the epoch to "
+                             f"train up to, so it must be at least {ckpt.epoch}")
         optimizer = make_run_optimizer(cfg, model)
         optimizer.load_state_dict(ckpt.optimizer_state)
         data_rng = np.random.default_rng(seeds[1])
@@ -247,10 +308,14 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         data_rng = np.random.default_rng(seeds[1])
         history = []
     cfg.pop("_given", None)
+    x_train, x_test, y_test = load_data(cfg)
+    model.check_data(x_train, "the training images")    # before anything is written
+    if overwrite and not resume and ckpt_path.exists():
+        for name in RUN_FILES:                      # the replaced run's files would mislead
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
 
-    x_train, x_test, y_test = load_data(cfg)
     rngs = {"model": model.rng, "data": data_rng}
     save = lambda h: save_run(out, model, optimizer, rngs, h, cfg)   # noqa: E731
     if not history:

@@ -204,6 +204,15 @@ def test_report_gives_the_median_of_the_paired_epoch_ratios(quick_results):
     assert "PyTorch x |" in text and "1.11 |" in text        # time / npvae's = 1 / 0.9
 
 
+def test_a_json_path_in_a_missing_folder_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    def no_timing(*args):
+        raise AssertionError("the bench started timing")
+    monkeypatch.setattr(bench, "_run", no_timing)
+    path = tmp_path / "missing" / "b.json"
+    assert bench.run(parse(["--quick", "--no-torch", "--json", str(path)])) == 2
+    assert "does not exist" in capsys.readouterr().err and not path.parent.exists()
+
+
 def test_no_torch_option_skips_with_a_note(tmp_path, monkeypatch):
     one_thread_environment(monkeypatch)
     path = tmp_path / "b.json"

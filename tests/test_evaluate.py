@@ -314,6 +314,7 @@ def test_sample_quality_and_class_entropy_by_hand():
     q = E.sample_quality(model, StubClassifier(sure), n=250, rng=0, batch_size=100)
     assert q["class_histogram"] == [0, 0, 0, 250, 0, 0, 0, 0, 0, 0]
     assert q["confidence"] == pytest.approx(1.0) and q["class_entropy"] == 0.0 and q["n"] == 250
+    assert math.copysign(1.0, q["class_entropy"]) == 1.0          # 0, not -0 (printed as -0.000)
     assert E.class_entropy(np.full(10, 7)) == pytest.approx(math.log(10))
     assert E.class_entropy([5, 5, 0]) == pytest.approx(math.log(2))
 
@@ -536,3 +537,12 @@ def test_cli_functions(tiny_runs, tmp_path, capsys):
         assert err.startswith("npvae evaluate: ") and "run folder" in err
     with pytest.raises(SystemExit):
         parser.parse_args(["r", "--split", "valid"])
+
+
+def test_evaluate_a_checkpoint_file_writes_into_its_folder(tiny_runs, tmp_path):
+    # RUN may be the checkpoint file itself: eval.json goes beside it, not into "checkpoint.npz/"
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes((tiny_runs["vae"] / "checkpoint.npz").read_bytes())
+    res = E.evaluate_run(run / "checkpoint.npz", k=5, n_draws=2, limit=20, classifier=False, progress=False)
+    assert (run / "eval.json").is_file() and res["eval_json"] == str(run / "eval.json")

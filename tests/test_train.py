@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,6 +215,96 @@ def test_train_command_writes_everything(tmp_path, capsys):
         assert len(list((tmp_path / name).glob("*.png"))) == 1
 
 
+@pytest.mark.parametrize("option, value", [("--clip", "-1"), ("--clip", "0"), ("--clip", "nan"), ("--lr", "0"),
+                                           ("--warmup", "-5"), ("--epochs", "0"), ("--beta", "-1"),
+                                           ("--beta", "inf")])
+def test_train_refuses_bad_numbers_before_doing_anything(option, value, tmp_path, capsys):
+    # a negative clipping norm would climb the loss, 0 would freeze the model: refused up front
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train", *SMALL, option, value, "--out", str(out)])
+    assert e.value.code == 2 and option in capsys.readouterr().err and not out.exists()
+
+
+def test_train_run_checks_settings_and_data_before_writing(tmp_path, monkeypatch):
+    # the library path (no argparse): nothing is written for settings or data that cannot train
+    cfg = {"train_size": 50, "test_size": 20, "hidden": [8], "latent": 2, "epochs": 1}
+    for bad, pattern in (({"epochs": -1}, "epochs must be >= 0"), ({"warmup": -2}, "warmup must be >= 0"),
+                         ({"clip": 0.0}, "clip must be a finite number > 0")):
+        with pytest.raises(ValueError, match=pattern):
+            runs.train_run({**cfg, **bad}, tmp_path / "a", stream=io.StringIO())
+        assert not (tmp_path / "a").exists()
+    # images of 10 x 10 pixels in a data folder: refused before an epoch-0 checkpoint exists
+    from npvae.data import write_idx
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 30)):
+        write_idx(data / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 10, 10), dtype=np.uint8))
+        write_idx(data / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    with pytest.raises(ValueError, match=re.escape("the training images must have shape (N, 784)")):
+        runs.train_run({**cfg, "data_dir": str(data)}, tmp_path / "b", stream=io.StringIO())
+    assert not (tmp_path / "b" / "checkpoint.npz").exists()
+
+
+def test_small_test_sets_give_every_figure_they_can(tmp_path, capsys):
+    # 5 test images: 2 interpolation rows instead of 6; 1 test image: no interpolation at all
+    small = [a for a in SMALL if a not in ("--test-size", "100")]
+    out5 = tmp_path / "five"
+    assert main(["train", *small, "--test-size", "5", "--epochs", "1", "--out", str(out5)]) == 0
+    assert (out5 / "interpolation.png").is_file() and (out5 / "latent.png").is_file()
+    out1 = tmp_path / "one"
+    assert main(["train", *small, "--test-size", "1", "--epochs", "1", "--out", str(out1)]) == 0
+    assert (out1 / "training_curves.png").is_file() and not (out1 / "interpolation.png").exists()
+    capsys.readouterr()
+    assert main(["interpolate", str(out1)]) == 1
+    assert "at least 2 test images" in capsys.readouterr().err
+
+
+def test_figure_commands_accept_a_checkpoint_file(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
+    for name, png in (("sample", "samples.png"), ("reconstruct", "reconstructions.png"),
+                      ("interpolate", "interpolation.png")):
+        assert main([name, str(out / "checkpoint.npz")]) == 0
+        assert (out / png).is_file()
+
+
+def test_a_relative_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+    # the run's other commands (figures, evaluate, --resume) must find the data from any folder
+    import npvae.data
+    bundled = Path(npvae.data.__file__).parent / "datasets" / "mnist"
+    monkeypatch.chdir(bundled.parent)
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--data-dir", "mnist", "--out", str(out), "--no-figures"]) == 0
+    assert json.loads((out / "config.json").read_text())["data_dir"] == str(bundled.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["reconstruct", str(out)]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--data-dir", str(bundled),
+                 "--no-figures"]) == 0
+
+
+def test_overwrite_removes_the_replaced_runs_files(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    (out / "eval.json").write_text("{}")                       # as `npvae evaluate` would have left it
+    assert main(["train", *[a if a != "2" else "3" for a in SMALL], "--epochs", "1", "--out", str(out),
+                 "--overwrite", "--no-figures"]) == 0
+    assert not (out / "eval.json").exists() and not (out / "latent.png").exists()   # the 2-D run's figure
+    assert json.loads((out / "config.json").read_text())["latent"] == 3
+    (out / "notes.txt").write_text("mine")                     # files npvae does not write stay
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--overwrite", "--no-figures"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_resume_to_fewer_epochs_than_trained_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(out), "--no-figures"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "1"]) == 1
+    assert "trained 2 epochs already" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+
 def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures"]) == 0
@@ -330,4 +421,10 @@ def test_iwae_preset_sets_the_papers_model_and_schedule(tmp_path):
             cfg["adam_eps"]) == ([200, 200], 50, "tanh", "bernoulli", "dynamic", 20, 1e-4)
     history = json.loads((out / "history.json").read_text())
     assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
-    assert runs.run_name(cfg) == "iwae-mnist"
+    # the preset's folder name, plus what this run changes (a run with other settings must not
+    # land in the folder of the preset's own run)
+    assert runs.run_name(cfg) == "iwae-mnist-trainsize100"
+    preset = {**runs.DEFAULTS, **runs.PRESETS["iwae-mnist"], "preset": "iwae-mnist"}
+    assert runs.run_name(preset) == "iwae-mnist"
+    assert runs.run_name({**preset, "seed": 1}) == "iwae-mnist-seed1"
+    assert runs.run_name({**preset, "hidden": [16], "latent": 2, "epochs": 3280}) == "iwae-mnist-h16-z2"
