@@ -76,7 +76,8 @@ def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = Non
 
 def clip_grad_norm(flat_grads: Array, max_norm: float) -> float:
     """Scale the gradient in place so its global L2 norm is at most max_norm. Returns the norm before."""
-    norm = math.sqrt(float(np.dot(flat_grads, flat_grads)))
+    with np.errstate(over="ignore"):             # an overflow is handled below
+        norm = math.sqrt(float(np.dot(flat_grads, flat_grads)))
     if math.isinf(norm):
         # The sum of squares overflowed (float32 tops out at 3.4e38): divide by the largest
         # entry first, so that a huge gradient is scaled down, not zeroed.

@@ -134,6 +134,7 @@ def test_clip_grad_norm_scales_a_gradient_whose_squares_overflow_float32():
     assert g.dtype == np.float32
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")  # made to diverge
 @pytest.mark.parametrize("stop", ["diverged", "interrupted"])
 def test_fit_gives_the_full_beta_back_when_it_stops_early(stop):
     # During a warm-up, fit sets model.beta epoch by epoch; a fit that ends early must still
@@ -358,6 +359,7 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
         runs.load_run(out)
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")  # made to diverge
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--no-figures",
