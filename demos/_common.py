@@ -201,12 +201,20 @@ class NearestTraining:
         self.x, self.y = x[:n], y[:n]
         self.sq = (self.x ** 2).sum(1)                                    # (M,)
 
-    def __call__(self, images: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
-        """images (N, 784) -> (distance (N,), nearest training label (N,))."""
+    def __call__(self, images: np.ndarray, chunk: int = 500,
+                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """images (N, 784) -> (distance (N,), nearest training label (N,)).
+
+        exclude (N,): for each image, the index of a searched training image to leave out, e.g.
+        the one a decode was made from (it would otherwise be its own nearest neighbour, and the
+        distance a reconstruction error, not how digit-like the decode is).
+        """
         dist, label = [], []
         for i in range(0, len(images), chunk):
             a = np.asarray(images[i:i + chunk], dtype=np.float32)
             d2 = (a ** 2).sum(1)[:, None] + self.sq[None, :] - 2 * a @ self.x.T   # (n, M)
+            if exclude is not None:
+                d2[np.arange(len(a)), exclude[i:i + chunk]] = np.inf
             j = d2.argmin(1)
             dist.append(np.maximum(d2[np.arange(len(a)), j], 0) / a.shape[1])
             label.append(self.y[j])

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         line = (f"  {name}: reconstruction error {err:.4f} per pixel ({784 * err:.2f} per image, the L2 loss); "
                 f"nearest training image {dist.mean():.4f}")
         if clf is not None:
-            numbers["confidence"][f"{name} recon."] = C.classify(clf, recons[name])["confidence"]
+            numbers["confidence"][f"{name} recon."] = C.classify(clf, recons[name][:n_samples])["confidence"]
             line += (f"; classifier accuracy on reconstructions "
                      f"{100 * evaluate.reconstruction_accuracy(m, clf, x_test, y_test):.1f} %")
         print(line)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in DISTANCES:
             images = C.decode(m, step(z0, spread, u, d).astype(np.float32))
             strips[name].append(images[:2])
-            dist, nn_label = nearest(images)
+            dist, nn_label = nearest(images, exclude=np.arange(n_starts))   # not the start image itself
             sweep[name]["nearest"].append(dist.mean())
             if clf is not None:
                 c = C.classify(clf, images, start_labels)

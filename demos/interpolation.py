@@ -69,16 +69,19 @@ def main(argv: list[str] | None = None) -> None:
           + (f" {'classifier confidence':>22s}" if clf is not None else ""))
     for name, m in models.items():
         a, b = C.codes_of(m, x_test[a_idx]), C.codes_of(m, x_test[b_idx])
+        middle = paths(a, b, centres[name], np.array([0.5]))       # t = 0.5 exactly (not one of the STEPS)
         for kind, z in paths(a, b, centres[name], t).items():
             images = C.decode(m, z.reshape(-1, z.shape[-1]).astype(np.float32))
             dist = nearest(images)[0].reshape(len(a), STEPS)
-            rel_norm = np.linalg.norm(z - centres[name], axis=2) / np.linalg.norm(a - centres[name], axis=1)[:, None]
+            radius = np.linalg.norm(a - centres[name], axis=1)
+            rel_norm = np.linalg.norm(z - centres[name], axis=2) / radius[:, None]
+            rel_middle = np.linalg.norm(middle[kind][:, 0] - centres[name], axis=1) / radius
             key = f"{name} {kind}"
             style = {"color": "C0" if name == "AE" else "C1", "linestyle": "-" if kind == "lerp" else "--"}
             curves["nearest"][key] = (t, dist.mean(0), style)
             curves["norm"][key] = (t, rel_norm.mean(0), style)
             line = (f"  {key:10s} {dist[:, 1:-1].mean():24.4f} {dist.max(1).mean():14.4f} "
-                    f"{rel_norm[:, STEPS // 2].mean():19.2f}")
+                    f"{rel_middle.mean():19.2f}")
             if clf is not None:
                 conf = clf.predict_proba(images).max(1).reshape(len(a), STEPS)
                 curves["confidence"][key] = (t, conf.mean(0), style)

@@ -119,6 +119,17 @@ def test_nearest_training_image_is_itself_for_a_training_image():
     np.testing.assert_array_equal(label, nearest.y[:5])
 
 
+def test_nearest_training_image_can_leave_out_the_image_itself():
+    # a decode made from training image i must be compared with the other training images
+    nearest = C.NearestTraining(quick=True)
+    x = nearest.x[:5]
+    dist, _ = nearest(x, chunk=2, exclude=np.arange(5))
+    d2 = ((x[:, None, :] - nearest.x[None, :, :]) ** 2).mean(2)        # by brute force
+    d2[np.arange(5), np.arange(5)] = np.inf
+    np.testing.assert_allclose(dist, d2.min(1), rtol=1e-4)
+    assert (dist > 1e-3).all()
+
+
 def test_attribute_measures_on_drawn_strokes():
     from moving_between_clouds import slant, thickness
     upright, leaning, thick = np.zeros((28, 28)), np.zeros((28, 28)), np.zeros((28, 28))
