@@ -534,7 +534,7 @@ def format_table(results: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `npvae evaluate RUN`."""
-    parser.add_argument("run", metavar="RUN", help="a run folder written by `npvae train`")
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"importance samples per image for the IWAE log-likelihood (default {DEFAULT_K})")
     parser.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
