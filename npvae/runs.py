@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_che
 from .data import load_mnist_uint8, to_float
 from .models import VAE, Autoencoder, build_model
 from .optim import Adam, make_optimizer
-from .train import Progress, fit, iwae_lr
+from .train import Progress, check_settings, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
 # Everything `npvae train` and `npvae evaluate` write into a run folder: --overwrite removes them.
@@ -271,11 +271,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     cfg = {**DEFAULTS, **cfg}
     if cfg["data_dir"]:     # an absolute path, so the run's commands work from any folder
         cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
-    for key, least in (("epochs", 0), ("warmup", 0)):
-        if cfg[key] < least:
-            raise ValueError(f"{key} must be >= {least}, got {cfg[key]}")
-    if cfg["clip"] is not None and not (cfg["clip"] > 0 and math.isfinite(cfg["clip"])):
-        raise ValueError(f"clip must be a finite number > 0 (or None: no clipping), got {cfg['clip']}")
+    check_settings(epochs=cfg["epochs"], batch_size=cfg["batch_size"], warmup=cfg["warmup"], clip=cfg["clip"])
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
     ckpt_path = out / CHECKPOINT
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)

@@ -74,6 +74,16 @@ def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = Non
     return out
 
 
+def check_settings(*, epochs: int, batch_size: int, warmup: int = 0, clip: float | None = None) -> None:
+    """Raise ValueError for settings that cannot train: fit calls it, and so does `npvae train`
+    before it writes anything. A clipping norm <= 0 would freeze (0) or reverse (< 0) every step."""
+    for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if clip is not None and not (clip > 0 and math.isfinite(clip)):
+        raise ValueError(f"clip must be a finite number > 0 (or None: no clipping), got {clip}")
+
+
 def clip_grad_norm(flat_grads: Array, max_norm: float) -> float:
     """Scale the gradient in place so its global L2 norm is at most max_norm. Returns the norm before."""
     with np.errstate(over="ignore"):             # an overflow is handled below
@@ -208,8 +218,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     [test_kl], [beta], lr, seconds: per-image means; the train figures are averaged over the
     epoch's batches, weighted by batch size.
     """
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
+    check_settings(epochs=epochs, batch_size=batch_size, warmup=warmup, clip=clip)
     model.check_data(train_images, "train_images")       # once, so the steps need not check each batch
     history = list(history or [])
     is_vae = isinstance(model, VAE)

@@ -126,6 +126,16 @@ def test_clip_grad_norm():
     assert np.allclose(g2, [0.3, 0.4])
 
 
+@pytest.mark.parametrize("bad, pattern", [({"epochs": -1}, "epochs must be >= 0"), ({"batch_size": 0}, "batch_size"),
+                                          ({"warmup": -1}, "warmup must be >= 0"), ({"clip": -1.0}, "clip must be"),
+                                          ({"clip": 0.0}, "clip must be"), ({"clip": float("nan")}, "clip must be")])
+def test_fit_refuses_settings_that_cannot_train(bad, pattern):
+    model = VAE(12, [8], 3, rng=1)
+    kw = {"epochs": 1, "batch_size": 10, **bad}
+    with pytest.raises(ValueError, match=pattern):
+        fit(model, Adam(model.params, lr=1e-2), tiny_data(), rng=np.random.default_rng(0), log=io.StringIO(), **kw)
+
+
 def test_clip_grad_norm_scales_a_gradient_whose_squares_overflow_float32():
     # 10 entries of 1e19: the sum of squares (1e39) overflows float32; the norm is 1e19 sqrt(10)
     g = np.full(10, 1e19, dtype=np.float32)
