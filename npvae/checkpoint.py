@@ -5,7 +5,9 @@ Layout of a checkpoint file (an uncompressed zip archive written by ``np.savez``
 * ``param/<name>``  one array per model parameter, e.g. ``param/enc0.W``;
 * ``optim/<name>``  one array per optimizer-state entry, e.g. ``optim/t`` (0-d), ``optim/m``;
 * ``meta``          a 0-d NumPy unicode string holding JSON with the keys ``format``
-  (``"npvae-checkpoint"``), ``version`` (1), ``epoch``, ``history``, ``config`` and ``rng_state``.
+  (``"npvae-checkpoint"``), ``version`` (1), ``epoch``, ``history``, ``config``, ``rng_state``
+  and ``members`` (the sorted names of the other members: a damaged zip directory can hide
+  members from the reader without any other error, and this list finds it).
 
 Everything is numbers or text, so the file is read with ``allow_pickle=False``: loading a
 checkpoint can never run code hidden in the file.
@@ -66,18 +68,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _check_meta_types(path: Path, info: dict) -> None:
+    """Each of epoch, history, config and rng_state is there, with its type (on save and on load)."""
+    for key, kind in _META_KEYS.items():
+        if key not in info:
+            raise _error(path, f"{_META!r} is missing the key {key!r}")
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise _error(path, f"{_META!r} key {key!r} should be {kind.__name__}, "
+                               f"got {type(info[key]).__name__}")
+
+
 def _arrays_to_save(path: Path, ckpt: Checkpoint) -> dict[str, np.ndarray]:
     """Check the checkpoint and flatten it into the ``{member name: array}`` dict given to ``np.savez``."""
     if isinstance(ckpt.epoch, bool) or not isinstance(ckpt.epoch, (int, np.integer)):
         raise _error(path, f"epoch must be an int, got {type(ckpt.epoch).__name__}")
-    meta = {"format": FORMAT, "version": VERSION, "epoch": int(ckpt.epoch),
-            "history": ckpt.history, "config": ckpt.config, "rng_state": ckpt.rng_state}
-    try:
-        meta_text = json.dumps(meta, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise _error(path, f"history/config/rng_state is not JSON serialisable ({exc})") from exc
-
-    arrays = {_META: np.array(meta_text)}  # a 0-d '<U' array: plain text, no pickle needed
+    arrays = {}
     for prefix, group in ((_PARAM, ckpt.params), (_OPTIM, ckpt.optimizer_state)):
         for name, value in group.items():
             if not isinstance(name, str) or not name:
@@ -87,7 +92,17 @@ def _arrays_to_save(path: Path, ckpt: Checkpoint) -> dict[str, np.ndarray]:
                 raise _error(path, f"{prefix}{name} is an object array; only numeric/text arrays "
                                    "can be saved without pickle")
             arrays[prefix + name] = array
-    return arrays
+    meta = {"format": FORMAT, "version": VERSION, "epoch": int(ckpt.epoch),
+            "history": ckpt.history, "config": ckpt.config, "rng_state": ckpt.rng_state,
+            "members": sorted(arrays)}
+    try:
+        meta_text = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise _error(path, f"history/config/rng_state is not JSON serialisable ({exc})") from exc
+    _check_meta_types(path, json.loads(meta_text))    # what load_checkpoint will read back: never unloadable
+    # meta first in the archive (a 0-d '<U' array: plain text, no pickle needed), so that a damaged
+    # directory entry hides members after it, which the list finds, rather than meta itself
+    return {_META: np.array(meta_text), **arrays}
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -190,12 +205,7 @@ def _parse_meta(path: Path, meta: np.ndarray | None) -> dict:
     if info.get("version") != VERSION:
         raise _error(path, f"unsupported checkpoint version {info.get('version')!r} "
                            f"(this npvae reads version {VERSION})")
-    for key, kind in _META_KEYS.items():
-        if key not in info:
-            raise _error(path, f"{_META!r} is missing the key {key!r}")
-        if not isinstance(info[key], kind) or isinstance(info[key], bool):
-            raise _error(path, f"{_META!r} key {key!r} should be {kind.__name__}, "
-                               f"got {type(info[key]).__name__}")
+    _check_meta_types(path, info)
     return info
 
 
@@ -229,6 +239,11 @@ def load_checkpoint(path: str | os.PathLike, *,
     path = Path(path)
     members = _read_members(path)
     info = _parse_meta(path, members.pop(_META, None))
+    listed = info.get("members")          # absent in checkpoints written before npvae listed them
+    if listed is not None and sorted(members) != listed:
+        missing, extra = sorted(set(listed) - set(members)), sorted(set(members) - set(listed))
+        raise _error(path, f"damaged file: members {missing} are missing" + (f", {extra} unexpected" if extra else "")
+                     if missing else f"damaged file: unexpected members {extra}")
     params: dict[str, np.ndarray] = {}
     optimizer_state: dict[str, np.ndarray] = {}
     for name, array in members.items():

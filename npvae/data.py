@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .checkpoint import atomic_write
+
 BUNDLED_DIR = Path(__file__).resolve().parent / "datasets" / "mnist"
 
 # The standard file names of one split: (images, labels). Each may also end in ".gz".
@@ -128,11 +130,13 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     data = encode_idx(array)
     if str(path).endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    Path(path).write_bytes(data)
+    atomic_write(path, lambda f: f.write(data))     # a failed write keeps the previous file
 
 
 # ----------------------------------------------------------------------------- caching
-# Decoded arrays are cached twice, both keyed by (resolved path, mtime, size, expected MD5):
+# Decoded arrays are cached twice, both keyed by (resolved path, mtime, ctime, inode, size, expected
+# MD5) - the ctime and inode because tools that copy files can restore an mtime, and MNIST-like
+# data sets have files of equal sizes:
 #  * in memory, for the life of the process (read-only arrays; loaders hand out copies);
 #  * on disk as a .npy file under cache_root()/arrays, with the SHA-256 of the .npy bytes
 #    stored beside it in a ".sha256" file. A cache file whose hash does not match, or that
@@ -192,7 +196,7 @@ def _write_disk_cache(key: tuple, array: np.ndarray) -> None:
 def _load_idx_cached(path: Path, expected_md5: str | None = None) -> np.ndarray:
     """read_idx(path) through both caches, checking the uncompressed MD5 if one is given."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, expected_md5)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_size, expected_md5)
     if key in _MEMORY_CACHE:
         CACHE_STATS["memory_hits"] += 1
         return _MEMORY_CACHE[key]

@@ -94,9 +94,47 @@ def test_layout_inside_the_npz(tmp_path):
     assert meta.shape == () and meta.dtype.kind == "U"
     info = json.loads(str(meta[()]))
     assert info["format"] == "npvae-checkpoint" and info["version"] == 1 and info["epoch"] == 9
-    assert set(info) == {"format", "version", "epoch", "history", "config", "rng_state"}
+    assert set(info) == {"format", "version", "epoch", "history", "config", "rng_state", "members"}
+    assert info["members"] == sorted(["param/enc0.W", "param/enc0.b", "param/dec0.W", "param/scale",
+                                      "optim/t", "optim/m", "optim/v"])
     with zipfile.ZipFile(path) as zf:  # np.savez, not savez_compressed
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_a_damaged_zip_directory_that_hides_members_is_refused(tmp_path):
+    # One flipped bit in a directory entry's comment length makes zipfile read the rest of the
+    # directory as a comment: np.load then lists fewer members, without any error of its own.
+    path = save_checkpoint(tmp_path / "c.npz", make_checkpoint())
+    blob = bytearray(path.read_bytes())
+    entry = blob.find(b"PK\x01\x02")                 # the first central-directory entry
+    blob[entry + 33] ^= 0x80                          # high byte of its comment length
+    path.write_bytes(bytes(blob))
+    with np.load(path, allow_pickle=False) as npz:
+        assert len(npz.files) < 8                     # members hidden, and np.load says nothing
+    with pytest.raises(CheckpointError, match=r"c\.npz: damaged file: members .* are missing"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_without_a_member_list_still_load(tmp_path):
+    # written before npvae listed the members in meta
+    path = save_checkpoint(tmp_path / "c.npz", make_checkpoint())
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    info = json.loads(str(arrays["meta"][()]))
+    del info["members"]
+    arrays["meta"] = np.array(json.dumps(info))
+    np.savez(path, **arrays)
+    assert load_checkpoint(path).epoch == make_checkpoint().epoch
+
+
+@pytest.mark.parametrize("field, value", [("rng_state", None), ("config", []), ("history", {})])
+def test_save_refuses_what_load_would_refuse_and_keeps_the_old_file(tmp_path, field, value):
+    path = save_checkpoint(tmp_path / "c.npz", make_checkpoint(epoch=2))
+    bad = make_checkpoint(epoch=3)
+    setattr(bad, field, value)
+    with pytest.raises(CheckpointError, match=field):
+        save_checkpoint(path, bad)
+    assert load_checkpoint(path).epoch == 2
 
 
 def test_restored_rng_state_reproduces_the_same_draws(tmp_path):

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
 import tempfile
 import threading
@@ -308,6 +309,36 @@ def test_changed_source_file_is_not_served_from_cache(tmp_path, fresh_cache):
     arrays = _fake_dataset(tmp_path, seed=1, n_test=6)  # new content, new size
     images, _ = data.load_mnist_uint8("test", data_dir=tmp_path)
     np.testing.assert_array_equal(images, arrays["test"][0])
+
+
+def test_changed_file_with_the_same_size_and_restored_mtime_is_not_served_from_cache(tmp_path, fresh_cache):
+    # `cp -p`, `rsync -t` and `tar x` restore modification times, and MNIST-like files share sizes
+    _fake_dataset(tmp_path, seed=0, gz=False)
+    name = tmp_path / data.SPLIT_FILES["test"][0]
+    before = name.stat()
+    data.load_mnist_uint8("test", data_dir=tmp_path)
+    arrays = _fake_dataset(tmp_path, seed=1, gz=False)              # same sizes, new pixels
+    os.utime(name, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert name.stat().st_size == before.st_size and name.stat().st_mtime_ns == before.st_mtime_ns
+    for clear in (False, True):                                     # neither cache may serve it
+        if clear:
+            data.clear_memory_cache()
+        images, _ = data.load_mnist_uint8("test", data_dir=tmp_path)
+        np.testing.assert_array_equal(images, arrays["test"][0])
+
+
+def test_write_idx_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "x-idx1-ubyte"
+    data.write_idx(path, np.arange(5, dtype=np.uint8))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full_disk)       # the last step of an atomic write
+    with pytest.raises(OSError):
+        data.write_idx(path, np.arange(100, dtype=np.uint8))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(data.read_idx(path), np.arange(5))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]      # no temporary file left
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage_with_matching_hash", "no_hash"])
