@@ -116,7 +116,8 @@ def test_quick_bench_json_has_every_part(quick_results):
     npv = r["npvae"]
     assert len(npv["epoch_seconds"]) == 1 and npv["median_epoch_seconds"] > 0
     assert math.isfinite(npv["final_train_loss"])
-    assert 0 < npv["fraction_of_floor"] <= 1.5
+    # the floor's time over npvae's (timing-free: a busy machine can push either side, even above 1)
+    assert npv["fraction_of_floor"] == pytest.approx(r["floor"]["seconds_per_epoch"] / npv["median_epoch_seconds"])
     # Processor seconds per second. (Without threadpoolctl, this in-process run keeps the BLAS
     # threads NumPy started with: the environment says 1 only from now on. See the next test.)
     idle = r["blas_idle_cpu"]
@@ -150,7 +151,7 @@ def test_quick_bench_json_has_every_part(quick_results):
         (200, 128), (400, 128), (800, 128), (1600, 128), (400, 32), (400, 512)}
     for row in rows:
         assert row["seconds_per_epoch"] > 0 and row["floor_seconds_per_epoch"] > 0
-        assert 0 < row["fraction_of_floor"] <= 1.5, row
+        assert row["fraction_of_floor"] == pytest.approx(row["floor_seconds_per_epoch"] / row["seconds_per_epoch"])
     by_hidden = {row["hidden"]: row["gflops_per_epoch"] for row in rows if row["batch_size"] == 128}
     assert by_hidden[200] < by_hidden[400] < by_hidden[800] < by_hidden[1600]
 
