@@ -7,6 +7,7 @@ The full classifier (784-512-512-10 on all of MNIST) is trained only by the test
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -422,6 +423,12 @@ def _object_array(path):
         members = {k: npz[k] for k in npz.files}
     members["param/0.b"] = np.array([{"evil": 1}], dtype=object)
     np.savez(path, **members)
+
+
+def test_a_classifier_cached_by_an_older_npvae_is_not_reused():
+    # the recipe's revision is part of the cache key, so the file name differs and it is retrained
+    older = dataclasses.replace(C.DEFAULT_CLASSIFIER, revision=C.DEFAULT_CLASSIFIER.revision - 1)
+    assert older.key() != C.DEFAULT_CLASSIFIER.key() and older.file_name() != C.DEFAULT_CLASSIFIER.file_name()
 
 
 @pytest.mark.parametrize("damage", [_corrupt_truncate, _corrupt_garbage, _corrupt_weights, _other_architecture,
