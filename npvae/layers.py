@@ -54,6 +54,13 @@ def zeros(store: dict[str, Array], name: str, shape: tuple[int, ...], dtype) -> 
     return a
 
 
+def as_float(x: Array) -> Array:
+    """x itself if it is floating point; integers and booleans as float64 (an activation's
+    output and slope are real numbers: LeakyReLU's alpha would otherwise round to 0)."""
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
 def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     """Return `rng` itself if it is a Generator, else a new Generator seeded with it."""
     if isinstance(rng, np.random.Generator):
@@ -177,6 +184,7 @@ class LeakyReLU(Layer):
         self.alpha = alpha
 
     def forward(self, x: Array, reuse: bool = False) -> Array:
+        x = as_float(x)
         one, alpha = x.dtype.type(1), x.dtype.type(self.alpha)   # keep x's dtype: no float64 upcast
         # slope = 1 where x > 0, else alpha, built in place as (x > 0) * (1 - alpha) + alpha; the
         # sum (1 - alpha) + alpha rounds to exactly 1 for any alpha in [0, 1].
@@ -247,7 +255,7 @@ class Softplus(Layer):
     """
 
     def forward(self, x: Array, reuse: bool = False) -> Array:
-        self.x = x
+        self.x = x = as_float(x)
         y = np.abs(x, out=self._out("y", x.shape, x.dtype, reuse))
         np.negative(y, out=y)
         np.exp(y, out=y)

@@ -130,6 +130,8 @@ class _Model:
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape (N, {self.latent_dim}), got shape {z.shape}")
+        if z.size and not np.isfinite(z).all():
+            raise ValueError("z contains NaN or inf")
         return z.astype(self.dtype, copy=False)
 
     # -- decoding -----------------------------------------------------------------------------
@@ -139,12 +141,15 @@ class _Model:
         return self.decoder.forward(self._check_z(z))
 
     def decode(self, z: Array) -> Array:
-        """Decoded images x_hat = sigmoid(decoder(z)), values in (0, 1). z: (N, Z) -> (N, D)."""
+        """Decoded images x_hat = sigmoid(decoder(z)), values in [0, 1] (in (0, 1) but for float
+        rounding: float32 gives exactly 1 for logits above about 17). z: (N, Z) -> (N, D)."""
         return sigmoid(self.decode_logits(z))
 
     def codes(self, x: Array, batch_size: int = 1000) -> Array:
         """The point in latent space of each image, encoded `batch_size` at a time: the centre mu
         of its cloud for a VAE, its embedding z for an autoencoder. x: (N, D) -> (N, Z)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         x = self._check_x(x)
         return np.concatenate([self._code(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
 
@@ -162,8 +167,8 @@ class _Model:
     def config(self) -> dict:
         """The constructor arguments, JSON-serialisable: enough to rebuild the architecture."""
         return {"model": self.kind, "input_dim": self.input_dim,
-                "hidden_dims": self.hidden_dims, "latent_dim": self.latent_dim,
-                "decoder_hidden_dims": self.decoder_hidden_dims, "likelihood": self.likelihood,
+                "hidden_dims": list(self.hidden_dims), "latent_dim": self.latent_dim,
+                "decoder_hidden_dims": list(self.decoder_hidden_dims), "likelihood": self.likelihood,
                 "activation": self.activation, "dtype": str(self.dtype)}
 
 
@@ -262,10 +267,19 @@ class VAE(_Model):
         eps = np.asarray(eps)
         if eps.shape != (n, self.latent_dim):
             raise ValueError(f"eps must have shape ({n}, {self.latent_dim}) (batch, latent), got shape {eps.shape}")
+        if eps.size and not np.isfinite(eps).all():
+            raise ValueError("eps contains NaN or inf")
         return eps.astype(self.dtype, copy=False)
 
     def sample(self, n: int, rng: np.random.Generator | int | None = None, temperature: float = 1.0) -> Array:
-        """Decode n draws z ~ N(0, temperature^2 I) from the prior. Returns (n, D) images in (0, 1)."""
+        """Decode n draws z ~ N(0, temperature^2 I) from the prior. Returns (n, D) images in [0, 1].
+
+        rng: the generator of the draws; by default the model's own, the one training draws eps
+        from, so sampling in the middle of training changes the rest of the run: pass rng to
+        keep them apart.
+        """
+        if not (temperature >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         rng = self.rng if rng is None else as_generator(rng)
         z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype) * self.dtype.type(temperature)
         return self.decode(z)

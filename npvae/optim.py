@@ -82,15 +82,26 @@ class Optimizer:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
-        """Restore the state saved by `state_dict()`, checking names and shapes."""
+        """Restore the state saved by `state_dict()`. Every entry is checked (names, shapes, finite
+        real numbers) before any is set: a refused state leaves the optimizer as it was."""
         mine = self.state_dict()
         if state.keys() != mine.keys():
             raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
+        checked = {}
         for k, v in state.items():
             v = np.asarray(v)
             if v.shape != mine[k].shape:
                 raise ValueError(f"optimizer state {k!r} has shape {v.shape}, expected {mine[k].shape}")
+            if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)) \
+                    or not np.isfinite(v).all():
+                raise ValueError(f"optimizer state {k!r} must hold finite real numbers, got dtype {v.dtype}")
+            self._check_state(k, v)
+            checked[k] = v
+        for k, v in checked.items():
             self._set_state(k, v)
+
+    def _check_state(self, key: str, value: Array) -> None:
+        """Raise ValueError for a state entry no run could have produced (see Adam)."""
 
     def _set_state(self, key: str, value: Array) -> None:
         getattr(self, key)[...] = value
@@ -186,6 +197,12 @@ class Adam(Optimizer):
             state = {"t": state["t"], "m_sum": np.asarray(state["m"]) / (1 - self.b1),
                      "v_sum": np.asarray(state["v"]) / (1 - self.b2)}
         super().load_state_dict(state)
+
+    def _check_state(self, key: str, value: Array) -> None:
+        if key == "t" and not (value == int(value) and value >= 0):
+            raise ValueError(f"optimizer state 't' (the step count) must be a whole number >= 0, got {value}")
+        if key == "v_sum" and (value < 0).any():
+            raise ValueError("optimizer state 'v_sum' (a sum of squares) must be >= 0")
 
     def _set_state(self, key: str, value: Array) -> None:
         if key == "t":

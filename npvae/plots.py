@@ -35,6 +35,8 @@ def _new_figure(figsize: tuple[float, float], **kwargs: Any):
 def _save(fig, path: str | Path) -> Path:
     """Write `fig` as a PNG to `path` (creating parent directories), release it, return the Path."""
     path = Path(path)
+    if path.suffix.lower() != ".png":      # PNG bytes under another name would mislead every viewer
+        raise ValueError(f"{path}: figures are written as PNG; give a path ending in .png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     fig.clear()  # the figure was never registered with pyplot: clearing it is all "closing" takes
@@ -153,6 +155,8 @@ def image_grid(images: Any, path: str | Path, *, nrows: int | None = None,
     """
     imgs = _as_images(images, image_shape)
     n, h, w = imgs.shape
+    if (nrows is not None and nrows < 1) or (ncols is not None and ncols < 1):
+        raise ValueError(f"nrows and ncols must be >= 1, got nrows={nrows}, ncols={ncols}")
     if ncols is None:
         ncols = math.ceil(math.sqrt(n)) if nrows is None else math.ceil(n / nrows)
     if nrows is None:
@@ -305,8 +309,8 @@ def latent_manifold(images: Any, path: str | Path, *, grid_size: int,
     z1 = z2 = None
     fmt = "{:.3g}"
     if extent is not None:
-        if len(extent) != 4:
-            raise ValueError(f"extent must be (z1_min, z1_max, z2_min, z2_max), got {extent}")
+        if len(extent) != 4 or not np.isfinite(np.asarray(extent, dtype=float)).all():
+            raise ValueError(f"extent must be four finite numbers (z1_min, z1_max, z2_min, z2_max), got {extent}")
         codes = manifold_codes(grid_size, extent)
         z1, z2 = codes[:grid_size, 0], codes[::grid_size, 1]
         fmt = "{:.2g}"

@@ -271,7 +271,8 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     cfg = {**DEFAULTS, **cfg}
     if cfg["data_dir"]:     # an absolute path, so the run's commands work from any folder
         cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
-    check_settings(epochs=cfg["epochs"], batch_size=cfg["batch_size"], warmup=cfg["warmup"], clip=cfg["clip"])
+    check_settings(epochs=cfg["epochs"], batch_size=cfg["batch_size"], warmup=cfg["warmup"], clip=cfg["clip"],
+                   beta=cfg["beta"])
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
     ckpt_path = out / CHECKPOINT
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)

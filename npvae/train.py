@@ -19,6 +19,7 @@ from typing import Callable, TextIO
 import numpy as np
 
 from .data import binarize, minibatch_indices
+from .layers import as_generator
 from .models import VAE, Autoencoder
 from .optim import Optimizer
 
@@ -59,10 +60,14 @@ def iwae_lr(epoch: int, lr: float = 1e-3) -> float:
 
 
 def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = None) -> Array:
-    """images[idx] as `dtype` in [0, 1]: uint8 pixels are divided by 255. Returns (len(idx), D).
+    """images[idx] as `dtype` in [0, 1]: uint8 pixels are multiplied by 1/255 in `dtype` (within
+    one rounding of x / 255). Returns (len(idx), D).
 
-    With `out` (a preallocated (B, D) buffer, B >= len(idx)) the batch is written into it.
+    With `out` (a preallocated (B, D) buffer of `dtype`, B >= len(idx)) the batch is written into it.
     """
+    dtype = np.dtype(dtype)
+    if out is not None and out.dtype != dtype:
+        raise ValueError(f"out has dtype {out.dtype}, the batch is asked for as {dtype}")
     rows = images[idx]
     if out is None:
         out = np.empty(rows.shape, dtype=dtype)
@@ -74,9 +79,12 @@ def to_batch(images: Array, idx: Array, dtype: np.dtype, out: Array | None = Non
     return out
 
 
-def check_settings(*, epochs: int, batch_size: int, warmup: int = 0, clip: float | None = None) -> None:
+def check_settings(*, epochs: int, batch_size: int, warmup: int = 0, clip: float | None = None,
+                   beta: float | None = None) -> None:
     """Raise ValueError for settings that cannot train: fit calls it, and so does `npvae train`
     before it writes anything. A clipping norm <= 0 would freeze (0) or reverse (< 0) every step."""
+    if beta is not None and not (beta >= 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
@@ -108,9 +116,13 @@ def evaluate_loss(model: Model, images: Array, *, batch_size: int = 1000,
     fixed seed), never from the model's own generator, so evaluating does not change the course
     of training.
     """
-    rng = rng if rng is not None else np.random.default_rng(0)
-    totals: dict[str, float] = {}
+    rng = as_generator(rng if rng is not None else 0)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = images.shape[0]
+    if n == 0:
+        raise ValueError("evaluate_loss needs at least one image, got none")
+    totals: dict[str, float] = {}
     for start in range(0, n, batch_size):
         x = to_batch(images, np.arange(start, min(n, start + batch_size)), model.dtype)
         if binarization != "none":
@@ -218,7 +230,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     [test_kl], [beta], lr, seconds: per-image means; the train figures are averaged over the
     epoch's batches, weighted by batch size.
     """
-    check_settings(epochs=epochs, batch_size=batch_size, warmup=warmup, clip=clip)
+    check_settings(epochs=epochs, batch_size=batch_size, warmup=warmup, clip=clip, beta=beta)
     model.check_data(train_images, "train_images")       # once, so the steps need not check each batch
     history = list(history or [])
     is_vae = isinstance(model, VAE)

@@ -203,6 +203,11 @@ def test_relu_of_special_values(reuse):
     assert y.dtype == np.float32
 
 
+def test_leaky_relu_and_softplus_of_integers_are_real_numbers():
+    np.testing.assert_allclose(LeakyReLU(0.01).forward(np.array([[-2, 3]])), [[-0.02, 3.0]])
+    np.testing.assert_allclose(Softplus().forward(np.array([[0, 1]])), [[math.log(2), math.log(1 + math.e)]])
+
+
 def test_relu_at_zero_gives_zero_and_zero_slope():
     layer = ReLU()
     np.testing.assert_array_equal(layer.forward(np.zeros((1, 2))), [[0.0, 0.0]])

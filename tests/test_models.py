@@ -587,6 +587,31 @@ def test_loss_and_grads_without_checks_computes_the_same(kind):
     model.loss_and_grads(bad, eps, check=False)
 
 
+def test_config_is_a_copy():
+    model = VAE(6, [4], 2, rng=0)
+    cfg = model.config()
+    cfg["hidden_dims"].append(99)
+    cfg["decoder_hidden_dims"].append(99)
+    assert model.hidden_dims == [4] and model.decoder_hidden_dims == [4] and model.config()["hidden_dims"] == [4]
+
+
+def test_non_finite_codes_draws_and_temperatures_are_errors():
+    vae = VAE(6, [4], 2, rng=0)
+    for bad in (np.nan, np.inf):
+        z = np.zeros((3, 2))
+        z[1, 0] = bad
+        with pytest.raises(ValueError, match="z contains NaN or inf"):
+            vae.decode(z)
+        with pytest.raises(ValueError, match="eps contains NaN or inf"):
+            vae.loss(np.full((3, 6), 0.5), eps=z)
+    for t in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="temperature"):
+            vae.sample(3, rng=0, temperature=t)
+    assert vae.sample(3, rng=0, temperature=0).shape == (3, 6)
+    with pytest.raises(ValueError, match="batch_size"):
+        vae.codes(np.full((3, 6), 0.5), batch_size=0)
+
+
 @pytest.mark.parametrize("eps_shape", [(3, 3), (2, 2), (3,), (3, 2, 1), (6,)])
 def test_eps_of_the_wrong_shape_is_an_error(eps_shape):
     vae = VAE(6, [4], 2, rng=0)

@@ -294,6 +294,23 @@ def test_step_follows_the_gradient_arrays_it_is_given():
         opt.step(mixed)
 
 
+@pytest.mark.parametrize("key, value, pattern", [
+    ("v_sum", np.array([1.0, -1.0, 0.5]), "v_sum"), ("t", np.array(-5), "whole number"),
+    ("t", np.array(2.7), "whole number"), ("m_sum", np.array([np.nan, 0.0, 0.0]), "finite"),
+    ("v_sum", np.array([0.0, 0.0]), "shape")])
+def test_adam_refuses_a_state_no_run_could_have_and_changes_nothing(key, value, pattern):
+    params = make_params()
+    opt = Adam(params, lr=0.1)
+    opt.step(make_grads([1.0, 2.0], 3.0))
+    before = opt.state_dict()
+    state = {"t": np.array(7), "m_sum": np.full(3, 5.0), "v_sum": np.full(3, 2.0), key: value}
+    with pytest.raises(ValueError, match=pattern):
+        opt.load_state_dict(state)
+    after = opt.state_dict()                        # all or nothing: not even t or m_sum moved
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
 def test_constructor_argument_errors():
     for lr in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="learning rate"):

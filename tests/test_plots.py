@@ -464,3 +464,16 @@ def test_new_options_validation_errors_name_the_problem(tmp_path, images):
         with pytest.raises(ValueError, match=message):
             call()
     assert not out.exists()  # nothing is written for bad input
+
+
+def test_bad_grid_sizes_extents_and_file_types_are_refused(tmp_path, images):
+    for rows, cols in ((0, None), (None, 0), (2, -1)):
+        with pytest.raises(ValueError, match="nrows and ncols must be >= 1"):
+            plots.image_grid(images[:4], tmp_path / "g.png", nrows=rows, ncols=cols)
+    grid = np.zeros((9, 784))
+    with pytest.raises(ValueError, match="four finite numbers"):
+        plots.latent_manifold(grid, tmp_path / "m.png", grid_size=3, extent=(np.nan, 1, -1, 1))
+    for name in ("g.pdf", "g.jpg", "g"):               # PNG bytes under another name would mislead
+        with pytest.raises(ValueError, match=r"\.png"):
+            plots.image_grid(images[:4], tmp_path / name)
+        assert not (tmp_path / name).exists()

@@ -136,6 +136,32 @@ def test_fit_refuses_settings_that_cannot_train(bad, pattern):
         fit(model, Adam(model.params, lr=1e-2), tiny_data(), rng=np.random.default_rng(0), log=io.StringIO(), **kw)
 
 
+@pytest.mark.parametrize("beta", [-1.0, float("nan"), float("inf")])
+def test_fit_refuses_a_kl_weight_the_model_would_refuse(beta):
+    model = VAE(12, [8], 3, rng=1)
+    with pytest.raises(ValueError, match="beta must be"):
+        fit(model, Adam(model.params, lr=1e-2), tiny_data(), epochs=1, batch_size=10, beta=beta,
+            rng=np.random.default_rng(0), log=io.StringIO())
+
+
+def test_to_batch_takes_dtype_names_and_refuses_a_buffer_of_another_dtype():
+    images = tiny_data()
+    x = to_batch(images, np.arange(3), "float32")
+    assert x.dtype == np.float32 and to_batch(images, np.arange(3), np.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="out has dtype float64"):
+        to_batch(images, np.arange(3), np.float32, out=np.empty((5, 12)))
+
+
+def test_evaluate_loss_takes_a_seed_and_refuses_nothing_to_evaluate():
+    model = VAE(12, [8], 3, rng=1)
+    x = tiny_data()
+    assert evaluate_loss(model, x, rng=3) == evaluate_loss(model, x, rng=np.random.default_rng(3))
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_loss(model, x, batch_size=0)
+    with pytest.raises(ValueError, match="at least one image"):
+        evaluate_loss(model, x[:0])
+
+
 def test_clip_grad_norm_scales_a_gradient_whose_squares_overflow_float32():
     # 10 entries of 1e19: the sum of squares (1e39) overflows float32; the norm is 1e19 sqrt(10)
     g = np.full(10, 1e19, dtype=np.float32)
