@@ -54,7 +54,7 @@ def zeros(store: dict[str, Array], name: str, shape: tuple[int, ...], dtype) -> 
     return a
 
 
-def as_float(x: Array) -> Array:
+def _real(x: Array) -> Array:
     """x itself if it is floating point; integers and booleans as float64 (an activation's
     output and slope are real numbers: LeakyReLU's alpha would otherwise round to 0)."""
     x = np.asarray(x)
@@ -184,7 +184,7 @@ class LeakyReLU(Layer):
         self.alpha = alpha
 
     def forward(self, x: Array, reuse: bool = False) -> Array:
-        x = as_float(x)
+        x = _real(x)
         one, alpha = x.dtype.type(1), x.dtype.type(self.alpha)   # keep x's dtype: no float64 upcast
         # slope = 1 where x > 0, else alpha, built in place as (x > 0) * (1 - alpha) + alpha; the
         # sum (1 - alpha) + alpha rounds to exactly 1 for any alpha in [0, 1].
@@ -255,7 +255,7 @@ class Softplus(Layer):
     """
 
     def forward(self, x: Array, reuse: bool = False) -> Array:
-        self.x = x = as_float(x)
+        self.x = x = _real(x)
         y = np.abs(x, out=self._out("y", x.shape, x.dtype, reuse))
         np.negative(y, out=y)
         np.exp(y, out=y)

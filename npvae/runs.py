@@ -118,6 +118,11 @@ def run_name(cfg: dict) -> str:
     return name
 
 
+def _absolute(path: str) -> str:
+    """A data folder as an absolute path (~ expanded), as the run's config stores it."""
+    return str(Path(path).expanduser().resolve())
+
+
 def run_folder(run: str | Path) -> Path:
     """The folder of a run given as its folder or as its checkpoint file."""
     run = Path(run)
@@ -270,7 +275,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     stream = stream if stream is not None else sys.stdout
     cfg = {**DEFAULTS, **cfg}
     if cfg["data_dir"]:     # an absolute path, so the run's commands work from any folder
-        cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
+        cfg["data_dir"] = _absolute(cfg["data_dir"])
     check_settings(epochs=cfg["epochs"], batch_size=cfg["batch_size"], warmup=cfg["warmup"], clip=cfg["clip"],
                    beta=cfg["beta"])
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
@@ -280,7 +285,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         model, ckpt = load_run(out)
         saved = {**DEFAULTS, **ckpt.config}
         if saved["data_dir"]:      # runs written before data_dir was stored resolved
-            saved["data_dir"] = str(Path(saved["data_dir"]).expanduser().resolve())
+            saved["data_dir"] = _absolute(saved["data_dir"])
         given = cfg.get("_given", ())
         differ = [k for k in given if k not in CHANGEABLE_ON_RESUME and cfg[k] != saved[k]]
         if differ:
