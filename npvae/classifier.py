@@ -24,9 +24,10 @@ import numpy as np
 from . import losses
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .data import cache_root, load_mnist_uint8
-from .layers import Sequential, mlp, pack_layers
+from .fast import FusedAdam, SequentialTwin
+from .layers import Sequential, mlp
 from .optim import Adam
-from .train import Ticker, progress_stream
+from .progress import Ticker, progress_stream
 
 Array = np.ndarray
 
@@ -128,8 +129,8 @@ def train_classifier(spec: ClassifierSpec | None = None, progress: bool | TextIO
     out = progress_stream(progress)
     init_seed, order_seed = np.random.SeedSequence(spec.seed).spawn(2)
     net = _build_net(spec, np.random.default_rng(init_seed))
-    _, params, _, grads = pack_layers({str(i): layer for i, layer in enumerate(net.dense_layers)})
-    opt = Adam(params, lr=spec.lr)
+    twin = SequentialTwin(net)                 # the fast twin: the same numbers, arrays reused
+    opt = FusedAdam(twin.params, lr=spec.lr)
     x_train, y_train = load_mnist_uint8("train")
     x_test, y_test = load_mnist_uint8("test")
     if spec.train_size:
@@ -152,10 +153,10 @@ def train_classifier(spec: ClassifierSpec | None = None, progress: bool | TextIO
         for s in range(0, n, spec.batch_size):
             idx = order[s:s + spec.batch_size]
             xb = np.multiply(x_train[idx], np.float32(1 / 255), out=buf[:len(idx)])
-            logits = net.forward(xb)
+            logits = twin.forward(xb)
             loss, dlogits = losses.softmax_cross_entropy(logits, y_train[idx])
-            net.backward(dlogits.astype(np.float32, copy=False), need_dx=False)
-            opt.step(grads)
+            twin.backward(dlogits.astype(np.float32, copy=False), need_dx=False)
+            opt.step(twin.grads)
             running = loss if running is None else 0.98 * running + 0.02 * loss
             step += 1
             ticker.update(step, f", epoch {epoch + 1}, loss {running:.4f}")

@@ -68,7 +68,7 @@ from .data import binarize, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
 from .runs import DEFAULTS, load_run, positive_int, run_folder
-from .train import Ticker, progress_stream
+from .progress import Ticker, progress_stream
 
 Array = np.ndarray
 Model = Autoencoder | VAE
@@ -197,7 +197,7 @@ def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
         raise ValueError(f"kl_estimator must be 'analytic' or 'sampled', got {kl_estimator!r}")
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
-    x = model._check_x(x)
+    x = model.check_x(x)
     n, z_dim = x.shape[0], model.latent_dim
     eps = _check_eps(eps, n, n_draws, z_dim, "eps")
     rng = as_generator(rng) if eps is None else None
@@ -252,7 +252,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
     _require_vae(model, "the IWAE estimate")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    x = model._check_x(x)
+    x = model.check_x(x)
     n, z_dim = x.shape[0], model.latent_dim
     eps = _check_eps(eps, n, k, z_dim, "eps")
     rng = as_generator(rng) if eps is None else None
@@ -284,7 +284,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
 
 def latent_means(model: Model, x: Array, batch_size: int = 1000) -> Array:
     """E[z | x] for each image: mu for a VAE, the code z for an autoencoder. (N, Z) float64."""
-    return model.codes(model._check_x(x), batch_size).astype(np.float64)
+    return model.codes(model.check_x(x), batch_size).astype(np.float64)
 
 
 def latent_variances(model: Model, x: Array, batch_size: int = 1000) -> Array:
@@ -303,7 +303,7 @@ def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOL
 
 def reconstructions(model: Model, x: Array, batch_size: int = 1000) -> Array:
     """decode(mu) for a VAE, decode(z) for an autoencoder. (N, D) in (0, 1)."""
-    x = model._check_x(x)
+    x = model.check_x(x)
     return np.concatenate([model.decode(model.codes(x[s:s + batch_size])) for s in range(0, len(x), batch_size)])
 
 

@@ -26,8 +26,9 @@ import numpy as np
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .data import load_mnist_uint8, to_float
 from .models import VAE, Autoencoder, build_model
-from .optim import Adam, make_optimizer
-from .train import Progress, check_settings, fit, iwae_lr
+from . import fast
+from .progress import Progress
+from .train import check_settings, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
 # Everything `npvae train` and `npvae evaluate` write into a run folder: --overwrite removes them.
@@ -137,9 +138,9 @@ def model_config(cfg: dict) -> dict:
 
 
 def make_run_optimizer(cfg: dict, model):
-    if cfg["optimizer"] == "adam":
-        return Adam(model.params, lr=cfg["lr"], eps=cfg["adam_eps"])
-    return make_optimizer(cfg["optimizer"], model.params, cfg["lr"])
+    """The run's optimizer: a fused one (npvae.fast), so that the checkpoint holds its exact state."""
+    settings = {"eps": cfg["adam_eps"]} if cfg["optimizer"] == "adam" else {}
+    return fast.make_optimizer(cfg["optimizer"], model, cfg["lr"], **settings)
 
 
 def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

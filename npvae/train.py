@@ -1,12 +1,14 @@
 """The training loop: minibatches, an optimizer, a KL warm-up, and a per-epoch history.
 
-`fit` is the one training path: `npvae train`, the demos and `npvae bench` all call it.
+`fit` is the one training loop: `npvae train`, the demos and `npvae bench` all call it.
 
     history = fit(model, optimizer, train_images, epochs=10, batch_size=128, rng=rng,
                   eval_images=test_images)
 
 Images may be uint8 (0..255, converted to [0, 1] one batch at a time, so the whole training set
-stays four times smaller in memory) or floating point in [0, 1].
+stays four times smaller in memory) or floating point in [0, 1]. By default (fast=True) the
+steps run on the fast twin of the model (npvae.fast), which computes the textbook path's
+gradients bit for bit; fast=False runs the textbook path itself.
 """
 
 from __future__ import annotations
@@ -18,22 +20,27 @@ from typing import Callable, TextIO
 
 import numpy as np
 
+from . import fast as fast_twin
 from .data import binarize, minibatch_indices
 from .layers import as_generator
 from .models import VAE, Autoencoder
 from .optim import Optimizer
+from .progress import Progress
+
+DEFAULT_SEED = 0    # fit's shuffling and binarization draws when no rng is given
 
 Array = np.ndarray
 Model = Autoencoder | VAE
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (or, at the end of an epoch, a parameter or the test loss) became NaN or infinite."""
 
-    def __init__(self, epoch: int, batch: int, loss: float) -> None:
+    def __init__(self, epoch: int, batch: int | None, loss: float, what: str = "the loss") -> None:
         self.epoch, self.batch, self.loss = epoch, batch, loss
+        where = f"at epoch {epoch}, batch {batch}" if batch is not None else f"in epoch {epoch}"
         super().__init__(
-            f"the loss became {loss} at epoch {epoch}, batch {batch}. Training stopped; the checkpoint "
+            f"{what} became {loss} {where}. Training stopped; the checkpoint "
             f"of the last complete epoch is kept. Try a lower learning rate (--lr) or gradient-norm "
             f"clipping (--clip 5), or a KL warm-up (--warmup 5).")
 
@@ -92,20 +99,48 @@ def check_settings(*, epochs: int, batch_size: int, warmup: int = 0, clip: float
         raise ValueError(f"clip must be a finite number > 0 (or None: no clipping), got {clip}")
 
 
-def clip_grad_norm(flat_grads: Array, max_norm: float) -> float:
-    """Scale the gradient in place so its global L2 norm is at most max_norm. Returns the norm before."""
-    with np.errstate(over="ignore"):             # an overflow is handled below
-        norm = math.sqrt(float(np.dot(flat_grads, flat_grads)))
-    if math.isinf(norm):
-        # The sum of squares overflowed (float32 tops out at 3.4e38): divide by the largest
-        # entry first, so that a huge gradient is scaled down, not zeroed.
-        largest = float(np.max(np.abs(flat_grads)))
-        if math.isfinite(largest):
-            scaled = flat_grads / flat_grads.dtype.type(largest)
-            norm = largest * math.sqrt(float(np.dot(scaled, scaled)))
+def clip_grad_norm(grads: dict[str, Array] | Array, max_norm: float) -> float:
+    """Scale the gradients in place so that their global L2 norm, sqrt(sum of every g^2), is at
+    most max_norm. grads: a dict of arrays, or one array. Returns the norm before clipping.
+
+    The squares are summed in float64: in float32 they overflow for gradients above about 1e19.
+    """
+    arrays = list(grads.values()) if isinstance(grads, dict) else [grads]
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in arrays))
     if norm > max_norm:
-        flat_grads *= max_norm / norm
+        for g in arrays:
+            g *= max_norm / norm
     return norm
+
+
+class TextbookStep:
+    """One step of `fit` on the textbook path: loss and gradients, clipping, the optimizer's step."""
+
+    def __init__(self, model, optimizer: Optimizer, clip: float | None) -> None:
+        if isinstance(optimizer, fast_twin.FusedOptimizer):
+            raise ValueError("fit(fast=False) trains the textbook path, which takes a textbook optimizer "
+                             "(npvae.Adam or npvae.SGD), not a fused one from npvae.fast")
+        self.model, self.optimizer, self.clip = model, optimizer, clip
+
+    def loss_and_grads(self, x: Array) -> dict[str, float]:
+        self.report, self.grads = self.model.loss_and_grads(x)
+        return self.report
+
+    def update(self) -> None:
+        if self.clip is not None:
+            clip_grad_norm(self.grads, self.clip)
+        self.optimizer.step(self.grads)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optimizer.lr = value
+
+    def finish(self) -> None:
+        pass
 
 
 def evaluate_loss(model: Model, images: Array, *, batch_size: int = 1000,
@@ -137,62 +172,6 @@ def evaluate_loss(model: Model, images: Array, *, batch_size: int = 1000,
     return {k: v / n for k, v in totals.items()}
 
 
-class Progress:
-    """Shows progress within an epoch: a live bar on a terminal, a few plain lines otherwise."""
-
-    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-        self.live = self.stream.isatty() if live is None else live
-
-    def batch(self, epoch: int, epochs: int, done: int, total: int, loss: float, elapsed: float) -> None:
-        left = elapsed / done * (total - done)
-        if self.live:
-            width = 30
-            filled = int(width * done / total)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {done}/{total} batches  loss {loss:8.3f}  "
-                              f"{elapsed:5.1f} s, ~{left:4.0f} s left ")
-            self.stream.flush()
-        elif done * 4 // total > (done - 1) * 4 // total:      # a line at every quarter, the last at the end
-            self.stream.write(f"  epoch {epoch}/{epochs}: {done}/{total} batches, loss {loss:.3f}, "
-                              f"{elapsed:.1f} s, ~{left:.0f} s left\n")
-            self.stream.flush()
-
-    def epoch_end(self) -> None:
-        if self.live:
-            self.stream.write("\r\033[K")   # clear the bar: the epoch line replaces it
-            self.stream.flush()
-
-
-def progress_stream(progress: bool | TextIO | None) -> TextIO | None:
-    """progress=True: stderr; False/None: silent; a stream: that stream."""
-    if progress is True:
-        return sys.stderr
-    if not progress:
-        return None
-    return progress
-
-
-class Ticker:
-    """Writes a line at every ~10% of `total` units of work, with the elapsed time and an ETA."""
-
-    def __init__(self, what: str, total: int, stream: TextIO | None, unit: str = "images") -> None:
-        self.what, self.total, self.stream, self.unit = what, max(1, total), stream, unit
-        self.start = time.perf_counter()
-        self.next_tenth = 1
-
-    def update(self, done: int, extra: str = "") -> None:
-        if self.stream is None or done * 10 < self.next_tenth * self.total:
-            return
-        while done * 10 >= self.next_tenth * self.total:
-            self.next_tenth += 1
-        elapsed = time.perf_counter() - self.start
-        left = elapsed / max(done, 1) * (self.total - done)
-        self.stream.write(f"  {self.what}: {done:,}/{self.total:,} {self.unit} ({100 * done / self.total:3.0f}%), "
-                          f"{elapsed:.1f} s, ~{left:.0f} s left{extra}\n")
-        self.stream.flush()
-
-
 def format_epoch(row: dict) -> str:
     """One line per epoch: train and test loss with their parts, beta and the time."""
     def part(prefix: str) -> str:
@@ -209,29 +188,40 @@ def format_epoch(row: dict) -> str:
 
 
 def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int, batch_size: int = 128,
-        rng: np.random.Generator, eval_images: Array | None = None, beta: float | None = None,
-        warmup: int = 0, clip: float | None = None, binarization: str = "none",
+        rng: np.random.Generator | int | None = None, eval_images: Array | None = None,
+        beta: float | None = None, warmup: int = 0, clip: float | None = None, binarization: str = "none",
         lr_schedule: Callable[[int], float] | None = None,
         history: list[dict] | None = None, eval_seed: int = 0,
         on_epoch_end: Callable[[list[dict]], None] | None = None,
-        progress: Progress | None = None, log: TextIO | None = None) -> list[dict]:
+        progress: Progress | None = None, log: TextIO | None = None, fast: bool = True) -> list[dict]:
     """Train `model` with `optimizer` until `epochs` epochs are complete; return the history.
 
-    train_images: (N, D), uint8 or float in [0, 1], checked once before the first step (so a
-    bad image fails at once, not at its batch; the steps then skip the per-batch checks of
-    `loss_and_grads`). eval_images: (M, D), evaluated after every
+    train_images: (N, D), uint8 or float in [0, 1]; eval_images: (M, D), evaluated after every
     epoch (with a draw of eps seeded from `eval_seed` and the epoch, so a resumed run evaluates
-    exactly like an uninterrupted one). rng: the generator for shuffling and dynamic
-    binarization. lr_schedule(epoch) gives the learning rate of each 1-based epoch (default: the
-    optimizer's). history: the rows of epochs already done (to resume); training continues
-    from epoch len(history) + 1. on_epoch_end(history) runs after each epoch (to checkpoint).
+    exactly like an uninterrupted one). Both are checked before the first step.
+    rng: the generator (or int seed) for shuffling and dynamic binarization; None means the
+    seed DEFAULT_SEED (0). The VAE's eps comes from the model's own generator.
+    lr_schedule(epoch) gives the learning rate of each 1-based epoch (default: the optimizer's).
+    history: the rows of epochs already done (to resume); training continues from epoch
+    len(history) + 1. on_epoch_end(history) runs after each epoch (to checkpoint); it never
+    sees an epoch whose losses or parameters are not finite: training stops with
+    TrainingDiverged before it.
+    fast: run the steps on the fast twin (npvae.fast; the same gradients, bit for bit) where the
+    model has one, else the textbook path. With a textbook optimizer the twin works on a fused
+    copy of its state and writes it back after every epoch (m of Adam within one rounding).
 
     Each history row holds epoch, train_loss, train_recon, [train_kl], test_loss, test_recon,
     [test_kl], [beta], lr, seconds: per-image means; the train figures are averaged over the
-    epoch's batches, weighted by batch size.
+    epoch's batches (while the model improves), the test figures use the end-of-epoch model.
     """
     check_settings(epochs=epochs, batch_size=batch_size, warmup=warmup, clip=clip, beta=beta)
     model.check_data(train_images, "train_images")       # once, so the steps need not check each batch
+    if eval_images is not None:
+        model.check_data(eval_images, "eval_images")
+    rng = as_generator(DEFAULT_SEED if rng is None else rng)
+    step = fast_twin.training_step(model, optimizer, clip) if fast else None
+    if step is None:
+        step = TextbookStep(model, optimizer, clip)
     history = list(history or [])
     is_vae = isinstance(model, VAE)
     full_beta = model.beta if (is_vae and beta is None) else beta
@@ -246,18 +236,16 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
             if is_vae:
                 model.beta = beta_at(epoch, full_beta, warmup)
             if lr_schedule is not None:
-                optimizer.lr = lr_schedule(epoch)
+                step.lr = lr_schedule(epoch)
             totals, seen = {"loss": 0.0, "recon": 0.0, "kl": 0.0}, 0
             for b, idx in enumerate(minibatch_indices(n, batch_size, rng), start=1):
                 x = to_batch(train_images, idx, model.dtype, out=batch)
                 if binarization != "none":
                     x = binarize(x, binarization, rng=rng)
-                report, _ = model.loss_and_grads(x, check=False)
+                report = step.loss_and_grads(x)
                 if not math.isfinite(report["loss"]):
                     raise TrainingDiverged(epoch, b, report["loss"])
-                if clip is not None:
-                    clip_grad_norm(model.flat_grads, clip)
-                optimizer.step(model.grads, overwrite_grads=True)    # nothing reads the gradients after the step
+                step.update()
                 for k, v in report.items():
                     totals[k] += v * len(idx)
                 seen += len(idx)
@@ -266,6 +254,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
                                    time.perf_counter() - start)
             if progress is not None:
                 progress.epoch_end()
+            step.finish()
 
             row: dict = {"epoch": epoch}
             parts = ("loss", "recon", "kl") if is_vae else ("loss", "recon")
@@ -274,9 +263,10 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
                 test = evaluate_loss(model, eval_images, rng=np.random.default_rng([eval_seed, epoch]),
                                      binarization=binarization)
                 row.update({f"test_{k}": v for k, v in test.items()})
+            _check_finite_epoch(epoch, row, model)
             if is_vae:
                 row["beta"] = model.beta
-            row["lr"] = optimizer.lr
+            row["lr"] = step.lr
             row["seconds"] = time.perf_counter() - start
             history.append(row)
             log.write(format_epoch(row) + "\n")
@@ -287,3 +277,14 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
         if is_vae:       # the warm-up changes model.beta epoch by epoch: give the full beta back,
             model.beta = full_beta      # also after a divergence or Ctrl-C, so a later fit starts right
     return history
+
+
+def _check_finite_epoch(epoch: int, row: dict, model: Model) -> None:
+    """Raise TrainingDiverged unless the epoch's losses and the model's parameters are all finite:
+    a huge step can leave inf or NaN parameters (or a NaN test loss) behind a finite last batch."""
+    for key in ("train_loss", "test_loss"):
+        if key in row and not math.isfinite(row[key]):
+            raise TrainingDiverged(epoch, None, row[key], what=f"the {key.replace('_', ' ')}")
+    for name, p in model.params.items():
+        if not np.isfinite(p).all():
+            raise TrainingDiverged(epoch, None, float(p[~np.isfinite(p)].flat[0]), what=f"parameter {name}")
