@@ -170,6 +170,33 @@ class _ReLU(_Twin):
         return np.multiply(dout, self.mask, out=self.out("dx", dout.shape, dout.dtype))
 
 
+class _LeakyReLU(_Twin):
+    def forward(self, x: Array) -> Array:
+        slope = self.slope = self.out("slope", x.shape, x.dtype)
+        np.copyto(slope, x.dtype.type(self.layer.alpha))                 # alpha where x <= 0 ...
+        np.copyto(slope, 1, where=np.greater(x, 0, out=self.out("positive", x.shape, np.bool_)))  # ... else 1
+        return np.multiply(x, slope, out=self.out("y", x.shape, x.dtype))
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array:
+        return np.multiply(dout, self.slope, out=self.out("dx", dout.shape, np.result_type(dout, self.slope)))
+
+
+class _Softplus(_Twin):
+    def forward(self, x: Array) -> Array:
+        self.x = x
+        y = np.abs(x, out=self.out("y", x.shape, x.dtype))
+        np.negative(y, out=y)
+        np.exp(y, out=y)
+        np.log1p(y, out=y)                                   # log(1 + exp(-|x|))
+        y += np.maximum(x, zeros(self.buffers, "zeros", x.shape, x.dtype), out=self.out("relu", x.shape, x.dtype))
+        return y
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array:
+        dx = _sigmoid(self.x, self.out("dx", dout.shape, np.result_type(dout, self.x)))
+        dx *= dout
+        return dx
+
+
 class _Tanh(_Twin):
     def forward(self, x: Array) -> Array:
         self.y = np.tanh(x, out=self.out("y", x.shape, x.dtype))
@@ -216,8 +243,8 @@ class _Plain(_Twin):
         return dx
 
 
-TWINS: dict[type, type[_Twin]] = {layers.Dense: _Dense, layers.ReLU: _ReLU, layers.Tanh: _Tanh,
-                                  layers.Sigmoid: _Sigmoid}
+TWINS: dict[type, type[_Twin]] = {layers.Dense: _Dense, layers.ReLU: _ReLU, layers.LeakyReLU: _LeakyReLU,
+                                  layers.Tanh: _Tanh, layers.Sigmoid: _Sigmoid, layers.Softplus: _Softplus}
 
 
 def _layer_twin(layer: layers.Layer) -> _Twin:

@@ -38,7 +38,7 @@ class Reparameterize:
 def _size(value, what: str) -> int:
     """A layer size: a whole number >= 1 (not a float, a string or a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+        raise ValueError(f"{what}={value!r}: sizes must be whole numbers >= 1")
     return int(value)
 
 
@@ -100,8 +100,10 @@ class _Model:
     def check_x(self, x: Array, name: str = "x") -> Array:
         """Check a batch of images and return it in the model's dtype. x: (N, D), values in [0, 1]."""
         x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.input_dim or x.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (N, {self.input_dim}) with N >= 1, got shape {x.shape}")
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"{name} must have shape (N, {self.input_dim}), got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape (0, {self.input_dim}))")
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{name} must be a floating-point array (pixels scaled to [0, 1]), got dtype {x.dtype}")
         self._check_values(x, name)
@@ -268,10 +270,9 @@ class VAE(_Model):
         """eps ~ N(0, I) of shape (n, Z) from the model's generator, or the given eps, checked."""
         if eps is None:
             return self.rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
-        eps = self._check_z(eps, "eps")
-        if eps.shape[0] != n:
-            raise ValueError(f"eps must have shape ({n}, {self.latent_dim}) (batch, latent), got shape {eps.shape}")
-        return eps
+        if np.shape(eps) != (n, self.latent_dim):
+            raise ValueError(f"eps must have shape ({n}, {self.latent_dim}) (batch, latent), got shape {np.shape(eps)}")
+        return self._check_z(eps, "eps")
 
     def sample(self, n: int, rng: np.random.Generator | int | None = None, temperature: float = 1.0) -> Array:
         """Decode n draws z ~ N(0, temperature^2 I) from the prior. Returns (n, D) images in [0, 1].

@@ -1,6 +1,6 @@
-"""float32 end to end: a float32 model's training step (forward, backward, optimizer) makes no float64
-array and no large temporary, the arrays the step reuses never leak out of the public methods, and
-the float64 gradient checks still pass with that machinery in place."""
+"""float32 end to end: a float32 model's training step (forward, backward, optimizer), textbook and
+fast alike, makes no float64 array; the fast twin's step makes no large temporary; the arrays it
+reuses never leak out of the public methods; and the float64 gradient checks still pass."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from npvae import losses
+from npvae import fast, losses
 from npvae.gradcheck import TOLERANCE, check_model, run_all
-from npvae.layers import ACTIVATIONS, Layer, activation, sigmoid
+from npvae.layers import ACTIVATIONS, activation, sigmoid
 from npvae.models import VAE, Autoencoder
 from npvae.optim import SGD, Adam
 
@@ -48,26 +48,32 @@ def make_model(kind, likelihood, act, dtype=np.float32, d=12, hidden=(8, 6), z=3
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("optimizer", [Adam, SGD])
+@pytest.mark.parametrize("path", ["textbook", "fast"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "l2"])
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("kind", ["vae", "ae"])
-def test_float32_step_makes_no_float64_array(kind, act, likelihood, optimizer):
+def test_float32_step_makes_no_float64_array(kind, act, likelihood, optimizer, path):
     rng = np.random.default_rng(0)
     model = make_model(kind, likelihood, act)
-    opt = optimizer(model.params, lr=1e-3)
     x32 = rng.uniform(0, 1, (5, 12)).astype(np.float32)
-    x64 = rng.uniform(0, 1, (4, 12))                       # float64 data: cast by the model
+    x64 = rng.uniform(0, 1, (4, 12))                       # float64 data: cast by the textbook model
     eps64 = rng.standard_normal((4, 3))                    # a float64 eps: cast too
+    if path == "fast":                                     # the twin takes batches fit has checked and cast
+        stepper, opt = fast.twin(model), fast.make_optimizer(optimizer, model, 1e-3)
+        x64 = x64.astype(np.float32)
+    else:
+        stepper, opt = model, {"adam": Adam, "sgd": SGD}[optimizer](model.params, lr=1e-3)
     returned = []
     for x, eps in ((x32, None), (x64, eps64 if kind == "vae" else None), (x32, None)):   # two batch sizes
-        report, grads = model.loss_and_grads(x, eps) if kind == "vae" else model.loss_and_grads(x)
+        report, grads = stepper.loss_and_grads(x, eps) if kind == "vae" else stepper.loss_and_grads(x)
         assert all(type(v) is float for v in report.values())
         returned += list(grads.values())
         opt.step(grads)
-    arrays = list(reachable_arrays(model)) + list(reachable_arrays(opt, "optimizer"))
+    arrays = list(reachable_arrays(stepper)) + list(reachable_arrays(opt, "optimizer"))
     arrays += [(f"grads[{i}]", g) for i, g in enumerate(returned)]
-    assert any(".buffers" in path for path, _ in arrays), "the step kept no buffers: is reuse=True in use?"
+    if path == "fast":
+        assert any(".buffers" in p for p, _ in arrays), "the twin kept no buffers"
     for path, a in arrays:
         if a.dtype.kind == "f":
             assert a.dtype == np.float32, f"{path} is {a.dtype}"
@@ -86,28 +92,28 @@ def test_float32_public_methods_return_float32(kind):
 
 
 @pytest.mark.parametrize("name", ACTS)
-def test_activations_keep_float32_with_and_without_reuse(name):
+def test_activations_and_their_twins_keep_float32(name):
     x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4) + np.float32(0.01)
-    for reuse in (False, True):
-        layer = activation(name)
-        y = layer.forward(x, reuse=reuse)
-        dx = layer.backward(np.ones_like(y), reuse=reuse)
+    for layer in (activation(name), fast._layer_twin(activation(name))):
+        y = layer.forward(x)
+        dx = layer.backward(np.ones_like(y))
         assert y.dtype == dx.dtype == np.float32
         for path, a in reachable_arrays(layer, name):
             assert a.dtype in (np.float32, np.bool_), f"{path} is {a.dtype}"
 
 
-@pytest.mark.parametrize("fn", [losses.l2_reconstruction, losses.bernoulli_reconstruction])
-def test_reconstruction_losses_keep_float32_with_buffers(fn):
+@pytest.mark.parametrize("likelihood", ["l2", "bernoulli"])
+def test_reconstruction_losses_and_their_twins_keep_float32(likelihood):
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((3, 5)) * 4).astype(np.float32)
     x = rng.uniform(0, 1, (3, 5)).astype(np.float32)
     buffers: dict = {}
-    loss, g = fn(logits, x, buffers=buffers)
+    loss, g = fast.RECONSTRUCTION[likelihood](logits, x, buffers)
     assert isinstance(loss, float) and g.dtype == np.float32
     assert buffers and all(a.dtype == np.float32 for a in buffers.values())
-    # with and without buffers: the same numbers
-    loss2, g2 = fn(logits, x)
+    # the twin and the textbook loss: the same numbers
+    loss2, g2 = losses.RECONSTRUCTION[likelihood](logits, x)
+    assert g2.dtype == np.float32
     assert loss == loss2
     np.testing.assert_array_equal(g, g2)
 
@@ -121,7 +127,8 @@ def test_sigmoid_keeps_float32_and_its_relative_precision():
     np.testing.assert_allclose(s[1:], want[1:], rtol=1e-6)        # sigmoid(-40) = 4.25e-18, not 0
     assert 0 <= s[0] < 1e-38
     out = np.empty_like(x)
-    assert sigmoid(x, out=out) is out
+    assert fast._sigmoid(x, out) is out
+    np.testing.assert_array_equal(out, s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,14 +143,14 @@ def test_training_step_allocates_no_batch_sized_array(kind, act, likelihood):
     n, d, h, z = 128, 300, 256, 2
     model = (VAE(d, [h], z, likelihood=likelihood, activation=act, rng=0) if kind == "vae"
              else Autoencoder(d, [h], z, likelihood=likelihood, activation=act, rng=0))
-    opt = Adam(model.params, lr=1e-3)
+    twin, opt = fast.twin(model), fast.make_optimizer("adam", model, 1e-3)
     x = np.random.default_rng(0).uniform(0, 1, (n, d)).astype(np.float32)
     for _ in range(2):                        # the first steps allocate the arrays that are reused
-        opt.step(model.loss_and_grads(x)[1])
+        opt.step(twin.loss_and_grads(x)[1], overwrite_grads=True)
     tracemalloc.start()
     try:
         start, _ = tracemalloc.get_traced_memory()
-        opt.step(model.loss_and_grads(x)[1])
+        opt.step(twin.loss_and_grads(x)[1], overwrite_grads=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -166,30 +173,32 @@ def test_public_methods_return_arrays_that_later_calls_do_not_overwrite():
     mu1, logvar1 = model.encode(x1)
     images1 = model.decode(mu1)
     saved = [a.copy() for a in (mu1, logvar1, images1)]
-    model.loss_and_grads(x2)                 # a training step on other data: reuses its arrays
+    fast.twin(model).loss_and_grads(x2.astype(np.float32))   # a fast training step: reuses its arrays
     model.encode(x2)
     model.decode(np.ones((4, 3)))
     for before, now in zip(saved, (mu1, logvar1, images1)):
         np.testing.assert_array_equal(before, now)
 
 
-def test_reuse_writes_into_the_same_array_and_default_makes_new_ones():
+def test_twins_write_into_the_same_array_and_textbook_layers_make_new_ones():
     layer = activation("relu")
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     assert layer.forward(x) is not layer.forward(x)
-    y1 = layer.forward(x, reuse=True)
-    assert layer.forward(x, reuse=True) is y1                     # same shape: the same array
-    assert layer.forward(x[:2], reuse=True).shape == (2, 4)       # another batch size: another array
+    twin = fast._layer_twin(layer)
+    y1 = twin.forward(x)
+    assert twin.forward(x) is y1                                  # same shape: the same array
+    assert twin.forward(x[:2]).shape == (2, 4)                    # another batch size: another array
 
 
-def test_loss_and_grads_is_repeatable_with_reused_arrays():
+def test_twin_loss_and_grads_is_repeatable_with_reused_arrays():
     rng = np.random.default_rng(0)
     model = VAE(12, [8, 6], 3, likelihood="bernoulli", dtype=np.float64, rng=0)
+    twin = fast.twin(model)
     x, eps = rng.uniform(0, 1, (5, 12)), rng.standard_normal((5, 3))
-    r1, g1 = model.loss_and_grads(x, eps)
+    r1, g1 = twin.loss_and_grads(x, eps)
     g1 = {k: v.copy() for k, v in g1.items()}
-    model.loss_and_grads(rng.uniform(0, 1, (7, 12)))             # another batch in between
-    r2, g2 = model.loss_and_grads(x, eps)
+    twin.loss_and_grads(rng.uniform(0, 1, (7, 12)))              # another batch in between
+    r2, g2 = twin.loss_and_grads(x, eps)
     assert r1 == r2
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
@@ -212,11 +221,13 @@ def test_float64_model_gradients_after_steps_of_another_batch_size(likelihood, a
     # The arrays a step reuses are sized by the batch: check the gradient after they were resized.
     rng = np.random.default_rng(3)
     model = VAE(6, [5], 2, likelihood=likelihood, activation=act, dtype=np.float64, rng=2, beta=0.7)
-    model.loss_and_grads(rng.uniform(0, 1, (9, 6)))
+    twin = fast.twin(model)
+    twin.loss_and_grads(rng.uniform(0, 1, (9, 6)))
     x, eps = rng.uniform(0, 1, (4, 6)), rng.standard_normal((4, 2))
+    _, grads = twin.loss_and_grads(x, eps)
+    fast_grads = {k: g.copy() for k, g in grads.items()}
     rows = check_model(model, x, eps)
     assert max(r.error for r in rows) < TOLERANCE
-
-
-def test_layer_base_class_keeps_buffers():
-    assert Layer().buffers == {}
+    _, textbook = model.loss_and_grads(x, eps)
+    for k in textbook:
+        np.testing.assert_array_equal(fast_grads[k], textbook[k], err_msg=k)

@@ -159,9 +159,9 @@ class WrongTanh(Tanh):
 class WrongDense(Dense):
     """A dense layer that forgets to sum the bias gradient over the batch (takes row 0 only)."""
 
-    def backward(self, dout, need_dx=True):
-        dx = super().backward(dout, need_dx)
-        self.grads["b"][...] = dout[0]
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["b"] = dout[0].copy()
         return dx
 
 

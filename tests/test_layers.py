@@ -1,5 +1,5 @@
 """Tests for npvae.layers: Dense and the activations (forward by hand, backward by central
-differences), the no-write-into-dout rule, initialisation, and the flat parameter buffer."""
+differences), the no-write-into-dout rule, and initialisation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from npvae import layers
 from npvae.gradcheck import TOLERANCE, away_from_kink, check_layer
 from npvae.layers import (ACTIVATIONS, Dense, LeakyReLU, ReLU, Sequential, Sigmoid, Softplus, Tanh, activation,
-                          as_generator, flat_buffer, mlp, pack, pack_layers)
+                          as_generator, mlp)
 
 FAST = settings(max_examples=40, deadline=None, database=None)
 KINKED = ("relu", "leaky_relu")           # no derivative at 0
@@ -121,17 +121,6 @@ def test_backward_does_not_write_into_dout(index, dtype):
     assert not np.shares_memory(dx, dout)
 
 
-def test_dense_backward_without_dx_returns_none_but_fills_grads():
-    layer = Dense(3, 2, rng=0, dtype=np.float64)
-    x = np.arange(6.0).reshape(2, 3)
-    layer.forward(x)
-    dout = np.ones((2, 2))
-    assert layer.backward(dout, need_dx=False) is None
-    np.testing.assert_allclose(layer.grads["W"], x.T @ dout)
-    np.testing.assert_allclose(layer.grads["b"], [2.0, 2.0])
-    np.testing.assert_array_equal(dout, np.ones((2, 2)))
-
-
 # --------------------------------------------------------------------------------------------
 # Forward and backward values computed by hand
 # --------------------------------------------------------------------------------------------
@@ -183,22 +172,9 @@ def test_activation_values_and_slopes_by_hand(name, points, values, slopes):
     np.testing.assert_allclose(layer.backward(dout), dout * np.array([slopes]), rtol=1e-13, atol=1e-15)
 
 
-def test_zeros_is_a_reused_read_only_array_of_zeros():
-    store: dict = {}
-    a = layers.zeros(store, "z", (3, 4), np.float32)
-    assert a.shape == (3, 4) and a.dtype == np.float32 and not a.any()
-    assert layers.zeros(store, "z", (3, 4), np.float32) is a           # the same array again
-    with pytest.raises(ValueError, match="read-only"):
-        a[0, 0] = 1.0
-    b = layers.zeros(store, "z", (2, 4), np.float32)                   # another shape: a new array
-    assert b.shape == (2, 4) and not b.any() and store["z"] is b
-
-
-@pytest.mark.parametrize("reuse", [False, True])
-def test_relu_of_special_values(reuse):
-    # max(x, 0) against an array of zeros (see layers.zeros) keeps max's meaning everywhere
+def test_relu_of_special_values():
     x = np.array([[-np.inf, -1.0, -0.0, 0.0, 2.5, np.inf, np.nan]], dtype=np.float32)
-    y = ReLU().forward(x, reuse=reuse)
+    y = ReLU().forward(x)
     np.testing.assert_array_equal(y, [[0.0, 0.0, 0.0, 0.0, 2.5, np.inf, np.nan]])
     assert y.dtype == np.float32
 
@@ -303,57 +279,3 @@ def test_mlp_structure():
     assert type(mlp([3, 2], "relu").layers[-1]) is Dense      # linear output by default
     with pytest.raises(ValueError):
         mlp([3], "relu")
-
-
-# --------------------------------------------------------------------------------------------
-# The flat parameter buffer
-# --------------------------------------------------------------------------------------------
-
-
-def test_pack_makes_views_of_one_buffer():
-    a, b = np.arange(6.0).reshape(2, 3), np.array([7.0, 8.0])
-    flat, views = pack({"a": a, "b": b})
-    assert flat.shape == (8,) and flat.dtype == np.float64
-    np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5, 7, 8])
-    np.testing.assert_array_equal(views["a"], a)
-    assert views["a"].shape == (2, 3) and views["b"].shape == (2,)
-    assert np.shares_memory(views["a"], flat) and np.shares_memory(views["b"], flat)
-    assert not np.shares_memory(views["a"], a)                   # a copy, not the original
-    flat[...] = 0                                                # writing the buffer ...
-    assert (views["a"] == 0).all() and (views["b"] == 0).all()   # ... is seen through the views
-    assert flat_buffer(views) is flat
-
-
-def test_pack_errors():
-    with pytest.raises(ValueError, match="nothing"):
-        pack({})
-    with pytest.raises(ValueError, match="float32.*float64"):
-        pack({"a": np.zeros(2), "b": np.zeros(2, dtype=np.float32)})
-
-
-def test_flat_buffer_rejects_arrays_that_are_not_one_packed_buffer():
-    with pytest.raises(ValueError, match="pack"):
-        flat_buffer({"a": np.zeros(3), "b": np.zeros(2)})        # separate arrays
-    flat, views = pack({"a": np.zeros(3), "b": np.zeros(2), "c": np.zeros((2, 2))})
-    with pytest.raises(ValueError, match="in order"):
-        flat_buffer({"c": views["c"], "a": views["a"], "b": views["b"]})   # wrong order
-    with pytest.raises(ValueError, match="cover"):
-        flat_buffer({"a": views["a"], "b": views["b"]})          # leaves part of the buffer out
-    with pytest.raises(ValueError):
-        flat_buffer({})
-
-
-def test_pack_layers_moves_params_and_grads_into_flat_buffers():
-    rng = np.random.default_rng(0)
-    d1, d2 = Dense(3, 4, rng=rng, dtype=np.float64), Dense(4, 2, rng=rng, dtype=np.float64)
-    W1 = d1.params["W"].copy()
-    flat_p, params, flat_g, grads = pack_layers({"l1": d1, "l2": d2})
-    assert list(params) == ["l1.W", "l1.b", "l2.W", "l2.b"] and list(grads) == list(params)
-    assert flat_p.size == 3 * 4 + 4 + 4 * 2 + 2 == flat_g.size
-    np.testing.assert_array_equal(params["l1.W"], W1)
-    assert d1.params["W"] is params["l1.W"] and d2.grads["b"] is grads["l2.b"]
-    net = Sequential([d1, Tanh(), d2])
-    net.forward(rng.standard_normal((5, 3)))
-    net.backward(rng.standard_normal((5, 2)))
-    assert np.abs(flat_g).sum() > 0                             # backward wrote into the flat buffer
-    np.testing.assert_array_equal(flat_g[:12].reshape(3, 4), d1.grads["W"])
