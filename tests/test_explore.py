@@ -402,3 +402,39 @@ def test_the_browser_checks_can_fail(tmp_path, open_page, tiny_runs):
     errors = " | ".join(page.errors())
     assert "broken" in errors and "thrown" in errors
     assert "http://example.invalid/x.png" in page.requests()
+
+
+@pytest.mark.slow
+def test_controls_in_chromium(tiny_runs, open_page):
+    """A click on a dot picks it as A; a slider moves one coordinate; "go to the centre" goes to
+    the chosen digit's centre; the plane through 0, A and B holds A and B."""
+    run = tiny_runs["vae5"]
+    page = open_page(explore.write_page(run))
+    r = page.rect("plane")
+    strip = page.canvas_pixels("linear")
+    k = 42                                                  # click the dot of test image 42
+    x, y = page.evaluate(f"toPixel(DOTS[{k}])")
+    page.send("Input.dispatchMouseEvent", type="mousePressed", x=r["left"] + x, y=r["top"] + y, button="left", clickCount=1)
+    page.send("Input.dispatchMouseEvent", type="mouseReleased", x=r["left"] + x, y=r["top"] + y, button="left", clickCount=1)
+    picked = page.evaluate("state.picks[0]")
+    assert np.hypot(*(np.array(page.evaluate(f"toPixel(DOTS[{picked}])")) - [x, y])) < 1   # that dot, or one under it
+    assert page.evaluate(f"state.z") == page.evaluate(f"CODES[{picked}]")
+    assert not np.array_equal(page.canvas_pixels("linear"), strip)
+
+    decoded = page.canvas_pixels("decoded")
+    page.evaluate("(() => { const s = document.getElementById('slider0'); s.value = Number(s.min);"
+                  " s.dispatchEvent(new Event('input')); })()")
+    z = page.evaluate("state.z")
+    assert z[0] == pytest.approx(page.evaluate("Number(document.getElementById('slider0').min)"))
+    assert z[1:] == page.evaluate(f"CODES[{picked}]")[1:]
+    assert not np.array_equal(page.canvas_pixels("decoded"), decoded)
+
+    page.evaluate("document.getElementById('digit').value = '3'; document.getElementById('jump').click()")
+    np.testing.assert_allclose(page.evaluate("state.z"), page.evaluate("DATA.centres['3']"), atol=1e-12)
+
+    page.evaluate("document.getElementById('plane-ab').click()")
+    for n in page.evaluate("state.picks"):
+        a = np.array(page.evaluate(f"CODES[{n}]"))
+        np.testing.assert_allclose(page.evaluate(f"planeToLatent(...latentToPlane(CODES[{n}]))"), a, atol=1e-6)
+    assert "through 0, A and B" in page.evaluate("document.getElementById('plane-caption').textContent")
+    assert page.errors() == []
