@@ -59,12 +59,13 @@ def _plane(codes: np.ndarray) -> dict:
 def page_data(model, images: np.ndarray, labels: np.ndarray, name: str = "", n_shown: int = N_SHOWN) -> dict:
     """Everything the page needs, as JSON-ready values.
 
-    images: (N, 784) uint8 test images, labels: (N,). The codes of all N images give the plane,
-    the slider ranges, the clouds' centres and (for a VAE) the active units; the first n_shown
-    images travel with the page as dots.
+    images: (N, 784) test images, uint8 or floats in [0, 1]; labels: (N,). The codes of all N
+    images give the plane, the slider ranges, the clouds' centres and (for a VAE) the active
+    units; the first n_shown images travel with the page as dots.
     """
     cfg = model.config()
     x = runs.as_float(images)
+    pixels = images if images.dtype == np.uint8 else np.round(255 * x).astype(np.uint8)
     codes = model.codes(x).astype(np.float64)                          # (N, Z)
     labels = np.asarray(labels).astype(int)
     n_layers = len(cfg["decoder_hidden_dims"]) + 1
@@ -74,20 +75,20 @@ def page_data(model, images: np.ndarray, labels: np.ndarray, name: str = "", n_s
     # the active units of `npvae evaluate` (Burda et al.): Var_x[mu_u] > 0.01. An AE has no KL
     # term, so no unit is switched off: its variances are shown, but no unit is marked.
     _, variances = active_units(model, x, return_variances=True)
-    active = (variances > ACTIVE_UNIT_THRESHOLD).tolist() if model.kind == "vae" else None
+    active = (variances > ACTIVE_UNIT_THRESHOLD).tolist() if cfg["model"] == "vae" else None
     lo, hi = codes.min(0), codes.max(0)
     pad = 0.1 * (hi - lo) + 1e-3
     lo, hi = lo - pad, hi + pad
-    if model.kind == "vae":       # the prior's +-3 sigma as well: an inactive unit's codes sit at 0
+    if cfg["model"] == "vae":     # the prior's +-3 sigma as well: an inactive unit's codes sit at 0
         lo, hi = np.minimum(lo, -3.0), np.maximum(hi, 3.0)
     shown = slice(0, min(n_shown, len(codes)))
     return {
-        "name": name, "kind": model.kind, "likelihood": cfg["likelihood"], "activation": cfg["activation"],
+        "name": name, "kind": cfg["model"], "likelihood": cfg["likelihood"], "activation": cfg["activation"],
         "architecture": [cfg["input_dim"], *cfg["hidden_dims"], cfg["latent_dim"]],
-        "latentDim": cfg["latent_dim"], "imageSide": 28,
+        "latentDim": cfg["latent_dim"],
         "decoder": layers,
         "conditional": None,      # hook for a conditional VAE: the decoder input would be [z | onehot(y)]
-        "images": _b64(images[shown], "|u1"), "labels": labels[shown].tolist(),
+        "images": _b64(pixels[shown], "|u1"), "labels": labels[shown].tolist(),
         "codes": _b64(codes[shown], "<f4"), "nShown": len(labels[shown]), "nCoded": len(codes),
         "plane": _plane(codes),
         "centres": {str(d): codes[labels == d].mean(0).tolist() for d in range(10) if np.any(labels == d)},
@@ -106,8 +107,8 @@ def write_page(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the explore page of a run folder (default RUN/explore.html). Returns its path."""
     model, ckpt = runs.load_run(run)
     cfg = {**runs.DEFAULTS, **ckpt.config}
-    if model.input_dim != 784:
-        raise ValueError(f"explore draws 28x28 images; this run's input has {model.input_dim} values")
+    if model.config()["input_dim"] != 784:
+        raise ValueError(f"explore draws 28x28 images; this run's images have {model.config()['input_dim']} pixels")
     _, x_test, y_test = runs.load_data(cfg)
     folder = runs.run_folder(run)
     out = Path(out) if out is not None else folder / "explore.html"

@@ -108,6 +108,15 @@ def test_page_carries_the_decoder_images_and_codes_exactly(tiny_runs):
     assert np.all(np.array(data["sliders"]["hi"]) >= codes.max(0))
 
 
+def test_float_images_travel_as_the_same_bytes(tiny_runs):
+    model, _ = load_run(tiny_runs["vae2"])
+    x, y = load_mnist_uint8("test")
+    as_uint8 = explore.page_data(model, x[:60], y[:60])
+    as_float = explore.page_data(model, x[:60].astype(np.float32) / 255, y[:60])
+    assert as_float["images"] == as_uint8["images"]
+    np.testing.assert_allclose(_unb64(as_float["codes"], "<f4"), _unb64(as_uint8["codes"], "<f4"), rtol=1e-5, atol=1e-6)
+
+
 def test_autoencoder_page_marks_no_inactive_unit_and_says_why(tiny_runs):
     html = explore.write_page(tiny_runs["ae"]).read_text()
     assert _page_data_of(html)["active"] is None
