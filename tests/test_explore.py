@@ -377,11 +377,12 @@ def test_page_in_chromium(tiny_runs, open_page, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activation, hidden, dtype", [
-    ("relu", [40], "float32"), ("leaky_relu", [40], "float32"), ("tanh", [40, 30], "float32"),
-    ("sigmoid", [40], "float32"), ("softplus", [40], "float32"), ("relu", [40, 30], "float64")])
-def test_page_decoder_matches_numpy_for_every_activation(tmp_path, open_page, activation, hidden, dtype):
-    model = build_model({**model_config(DEFAULTS), "hidden_dims": hidden, "latent_dim": 3,
+@pytest.mark.parametrize("activation, hidden, latent, dtype", [
+    ("relu", [40], 3, "float32"), ("leaky_relu", [40], 3, "float32"), ("tanh", [40, 30], 3, "float32"),
+    ("sigmoid", [40], 3, "float32"), ("softplus", [40], 3, "float32"), ("relu", [40, 30], 3, "float64"),
+    ("relu", [400], 20, "float32")])                      # the last: the default run's 784-400-20
+def test_page_decoder_matches_numpy_for_every_activation(tmp_path, open_page, activation, hidden, latent, dtype):
+    model = build_model({**model_config(DEFAULTS), "hidden_dims": hidden, "latent_dim": latent,
                          "activation": activation, "dtype": dtype}, rng=1)
     for k, v in model.params.items():     # larger weights than the initialisation's, so every
         v *= 3                            # activation works away from its linear region
