@@ -5,6 +5,7 @@
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
     npvae evaluate RUN               test ELBO, IWAE log-likelihood, active units, sample quality
+    npvae explore RUN                one self-contained web page to play with the run's latent space
     npvae bench                      time the training step (matmul floor, PyTorch if installed)
     npvae gradcheck                  check every hand-written gradient
 """
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import evaluate
     evaluate.add_arguments(sub.add_parser("evaluate", help="test ELBO, importance-weighted log-likelihood, "
                                                             "active units and sample quality of a run"))
+    from . import explore
+    explore.add_arguments(sub.add_parser("explore", help="write one self-contained HTML page to play with "
+                                                          "a run's latent space (RUN/explore.html)"))
     from . import bench
     bench.add_arguments(sub.add_parser("bench", help="time the training step against the matmul floor and PyTorch"))
     sub.add_parser("gradcheck", help="check every hand-written gradient against central differences")
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         from . import evaluate
         return evaluate.run(args)
+    if args.command == "explore":
+        from . import explore
+        return explore.run(args)
     if args.command == "bench":
         from . import bench
         return bench.run(args)

@@ -7,6 +7,7 @@ folder. All the demo runs share one temporary runs folder, so each quick model i
 
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -32,6 +33,7 @@ FIGURES = {
     "main_job": ["train/reconstructions.png", "train/samples.png", "train/interpolation.png",
                  "train/training_curves.png"],
     "two_losses": ["two_losses.png", "two_losses_images.png"],
+    "explore": ["explore.png"],
 }
 # The demos run by the default (fast) test suite; the others are marked slow (pytest -m slow).
 FAST = ("cloud", "generation", "main_job")
@@ -178,8 +180,16 @@ def run_demo(name: str, out: Path, runs: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in FIGURES])
+# demos/explore.py photographs its page with Chromium (.ci/run installs it).
+NEEDS_CHROMIUM = pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                                    reason="demos/explore.py needs chromium (apt-get install chromium)")
+
+
+def _marks(name: str) -> tuple:
+    return (() if name in FAST else (pytest.mark.slow,)) + ((NEEDS_CHROMIUM,) if name == "explore" else ())
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_marks(name)) for name in FIGURES])
 def test_demo_runs_quick_and_writes_its_figures(name, tmp_path, runs_dir):
     stdout = run_demo(name, tmp_path, runs_dir)
     assert "Done in" in stdout
