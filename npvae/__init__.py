@@ -1,3 +1,31 @@
-"""npvae: autoencoders and variational autoencoders in plain NumPy, every gradient written by hand."""
+"""npvae: autoencoders and variational autoencoders in plain NumPy, every gradient written by hand.
+
+A first script:
+
+    from npvae import VAE, Adam, fit, load_mnist
+    x, _ = load_mnist("train")                    # float32 (60000, 784) in [0, 1]
+    model = VAE(784, 400, 20)                     # 784-400-20, L2 loss + KL, ReLU
+    fit(model, Adam(model.params), x, epochs=1)   # one epoch, a few seconds
+    images = model.sample(16, rng=0)              # (16, 784): decodes of z ~ N(0, I)
+
+The reading order, the textbook path first (each file opens with what it is for):
+
+    npvae.layers    Dense (y = x @ W + b), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, Sequential
+    npvae.losses    the L2 and Bernoulli reconstruction losses, the KL term, each with its gradient
+    npvae.models    Autoencoder and VAE: forward, backward, the reparameterization trick
+    npvae.optim     SGD with momentum, and Adam
+    npvae.train     fit: minibatches, KL warm-up, clipping, the per-epoch history
+    npvae.gradcheck every backward pass against central differences (python -m npvae gradcheck)
+
+Then the rest: npvae.fast (the same step, bit for bit, written for speed: fit uses it),
+npvae.data (MNIST and other IDX files), npvae.checkpoint, npvae.runs (the `npvae train` command
+and its run folders), npvae.evaluate, npvae.plots (figures; needs matplotlib), npvae.bench.
+"""
+
+from .data import load_mnist
+from .models import VAE, Autoencoder, build_model
+from .optim import SGD, Adam
+from .train import fit
 
 __version__ = "0.1.0"
+__all__ = ["VAE", "Autoencoder", "build_model", "Adam", "SGD", "fit", "load_mnist"]

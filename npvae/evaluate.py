@@ -101,28 +101,9 @@ def nll_constant(likelihood: str, input_dim: int) -> float:
 
 
 def _recon_rows(likelihood: str, logits: Array, x: Array) -> Array:
-    """The training reconstruction loss of each decoded sample against its image.
-
-    logits: (B, K, D) in the model's dtype; x: (B, D). Returns (B, K) float64 (no constant).
-    Same formulas as npvae.losses.*_per_example, arranged so that x is broadcast over the K
-    samples of each image instead of copied, and with few passes over the (B, K, D) block.
-    """
-    if likelihood == "l2":
-        # x - sigmoid(l) = x - (1 + tanh(l/2)) / 2 = ((2x - 1) - tanh(l/2)) / 2
-        t = np.multiply(logits, logits.dtype.type(0.5))
-        np.tanh(t, out=t)
-        np.subtract(t, (2 * x - 1)[:, None, :], out=t)
-        return np.einsum("bkd,bkd->bk", t, t).astype(np.float64) * 0.25
-    if likelihood == "bernoulli":
-        # softplus(l) - x l = max(l, 0) - x l + log(1 + exp(-|l|)), stable for any l
-        per_pixel = np.maximum(logits, 0) - x[:, None, :] * logits + np.log1p(np.exp(-np.abs(logits)))
-        return per_pixel.sum(axis=2, dtype=np.float64)
-    raise ValueError(f"unknown likelihood {likelihood!r}")
-
-
-def _decode_logits(model: Model, z: Array) -> Array:
-    """The decoder's output before the sigmoid, in the model's dtype. z: (N, Z) -> (N, D)."""
-    return model.decoder.forward(z.astype(model.dtype, copy=False))
+    """The training reconstruction loss of each decoded sample against its image: logits (B, K, D)
+    in the model's dtype, x (B, D). Returns (B, K) float64 (no constant)."""
+    return losses.RECONSTRUCTION_PER_EXAMPLE[likelihood](logits, x[:, None, :]).astype(np.float64)
 
 
 def _encode64(model: VAE, x: Array) -> tuple[Array, Array]:
@@ -138,7 +119,7 @@ def _sample_terms(model: VAE, x: Array, mu: Array, logvar: Array, eps: Array) ->
     """
     b, k, z_dim = eps.shape
     z = mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps                 # (B, K, Z) float64
-    logits = _decode_logits(model, z.reshape(b * k, z_dim).astype(model.dtype))  # decoded in the model's dtype
+    logits = model.decode_logits(z.reshape(b * k, z_dim).astype(model.dtype))  # decoded in the model's dtype
     recon = _recon_rows(model.likelihood, logits.reshape(b, k, -1), x)
     # log N(z; 0, I) - log N(z; mu, sigma^2 I) with z = mu + sigma eps: the 2 pi terms cancel.
     log_ratio = 0.5 * (np.einsum("bkz,bkz->bk", eps, eps) - np.einsum("bkz,bkz->bk", z, z)) \
@@ -213,7 +194,7 @@ def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
             out["kl"][sl] = losses.kl_per_example(mu, logvar)
         else:
             out["kl"][sl] = -log_ratio.mean(axis=1)
-        at_mu = _decode_logits(model, mu.astype(model.dtype))
+        at_mu = model.decode_logits(mu.astype(model.dtype))
         out["recon_at_mu"][sl] = _recon_rows(model.likelihood, at_mu[:, None, :], xb)[:, 0]
     out["neg_elbo"] = out["recon"] + out["kl"]
     return out

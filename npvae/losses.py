@@ -3,7 +3,8 @@
 Every reported loss is summed over pixels (or latent dimensions) for each example, then averaged
 over the batch: a loss "per image", as the PyTorch VAE example reports it. The gradients are
 those of that batch mean, so they carry a factor 1 / N. The `*_per_example` functions return
-the per-example sums (N,) without gradients, for evaluation.
+the per-example sums (N,) without gradients, for evaluation: they sum over the last axis, so
+logits of shape (N, K, D), K decodes of each image, against x of shape (N, 1, D) give (N, K).
 
 The decoder outputs logits (N, D); the image it predicts is x_hat = sigmoid(logits).
 
@@ -21,7 +22,7 @@ Array = np.ndarray
 
 def l2_per_example(logits: Array, x: Array) -> Array:
     """Sum over pixels of (x - x_hat)^2 with x_hat = sigmoid(logits). logits, x: (N, D) -> (N,)."""
-    return np.sum((sigmoid(logits) - x) ** 2, axis=1)
+    return np.sum((sigmoid(logits) - x) ** 2, axis=-1)
 
 
 def l2_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
@@ -50,7 +51,7 @@ def bernoulli_per_pixel(logits: Array, x: Array) -> Array:
 
 def bernoulli_per_example(logits: Array, x: Array) -> Array:
     """Binary cross-entropy summed over pixels, from logits. logits, x: (N, D) -> (N,)."""
-    return bernoulli_per_pixel(logits, x).sum(axis=1)
+    return bernoulli_per_pixel(logits, x).sum(axis=-1)
 
 
 def bernoulli_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:

@@ -241,3 +241,18 @@ def test_main_returns_1_when_a_check_fails(monkeypatch, capsys):
     assert gradcheck.main() == 1
     out = capsys.readouterr().out
     assert "Broken" in out and "FAIL" in out and "1 failed" in out
+
+
+def test_fast_agreement_counts_every_component_and_finds_a_twin_that_differs(monkeypatch):
+    from npvae import fast
+    from npvae.gradcheck import fast_agreement
+    same, differ = fast_agreement()
+    assert len(same) == 24 and differ == []     # (Dense + 5 activations + 2 losses + 4 models) x 2 dtypes
+
+    class SloppyTanh(fast._Tanh):               # 1 - y*y computed in another order: other rounding
+        def backward(self, dout, need_dx=True):
+            return dout - dout * self.y * self.y
+
+    monkeypatch.setitem(fast.TWINS, Tanh, SloppyTanh)
+    same, differ = fast_agreement()
+    assert "Tanh() float32" in differ and "Tanh() float64" in differ
