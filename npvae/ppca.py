@@ -102,7 +102,26 @@ def learned_sigma2(eigenvalues: Array, latent_dim: int) -> float:
     return float(l[z:].mean())
 
 
-def fit_ppca(x: Array, latent_dim: int, sigma2: str | float = "learned") -> PPCA:
+@dataclass(frozen=True)
+class Spectrum:
+    """The data mean b (D,) and the eigen-decomposition of the sample covariance S = U diag(l) U^T,
+    largest eigenvalue first: eigenvalues (D,), eigenvectors (D, D) with column j that of l_j.
+    Everything a pPCA fit needs, for any Z and sigma2 (compute it once, fit many times)."""
+
+    mean: Array
+    eigenvalues: Array
+    eigenvectors: Array
+
+
+def spectrum(x: Array) -> Spectrum:
+    """The mean and the eigen-decomposition of the sample covariance of the rows of x (N, D)."""
+    mean, S = moments(x)
+    l, U = np.linalg.eigh(S)                         # ascending, U[:, j] the eigenvector of l[j]
+    # largest first; rounding can leave eigenvalues of -1e-17 where the true ones are 0
+    return Spectrum(mean=mean, eigenvalues=np.maximum(l[::-1], 0.0), eigenvectors=U[:, ::-1])
+
+
+def fit_ppca(x: Array | Spectrum, latent_dim: int, sigma2: str | float = "learned") -> PPCA:
     """The maximum-likelihood probabilistic PCA of the rows of x (N, D), with Z = latent_dim.
 
     With U, l the eigenvectors and eigenvalues of the sample covariance S (largest first),
@@ -117,12 +136,12 @@ def fit_ppca(x: Array, latent_dim: int, sigma2: str | float = "learned") -> PPCA
     encoder sets q(z_j | x) to the prior N(0, 1). So with a fixed sigma2 the fit predicts exactly
     how many latent dimensions a linear VAE keeps: active = #{j <= Z : l_j > sigma2}.
 
+    x: the data (N, D), or its Spectrum (to fit several Z or sigma2 from one eigen-decomposition).
     Returns a PPCA (W, b, sigma2, eigenvalues, active, learned).
     """
     z = _latent(latent_dim)
-    mean, S = moments(x)
-    l, U = np.linalg.eigh(S)                         # ascending, U[:, j] the eigenvector of l[j]
-    l, U = np.maximum(l[::-1], 0.0), U[:, ::-1]      # largest first; rounding can leave -1e-17
+    spec = x if isinstance(x, Spectrum) else spectrum(x)
+    l, U = spec.eigenvalues, spec.eigenvectors
     d = len(l)
     if z > d:
         raise ValueError(f"latent_dim must be <= D = {d}, got {z}")
@@ -139,7 +158,7 @@ def fit_ppca(x: Array, latent_dim: int, sigma2: str | float = "learned") -> PPCA
     scale = np.sqrt(np.maximum(l[:z] - s2, 0.0))                 # (Z,): 0 for a collapsed direction
     W = scale[:, None] * U[:, :z].T                              # (Z, D)
     W[scale == 0] = 0.0
-    return PPCA(W=W, b=mean, sigma2=float(s2), eigenvalues=l, active=int(np.sum(scale > 0)),
+    return PPCA(W=W, b=spec.mean.copy(), sigma2=float(s2), eigenvalues=l.copy(), active=int(np.sum(scale > 0)),
                 learned=learned)
 
 

@@ -554,3 +554,13 @@ def test_hand_trained_linear_vae_reaches_the_closed_form():
     assert np.sum(kl_per_dim > 0.01) == 2
     elbo = ppca.elbo(x, p["W"], p["b"], sigma2, mu, logvar).mean()
     assert fixed.log_likelihood - 0.05 < elbo <= fixed.log_likelihood + 1e-9
+
+
+def test_fit_from_a_spectrum_is_the_fit_from_the_data():
+    x = anisotropic_data(np.random.default_rng(21))
+    spec = ppca.spectrum(x)
+    for sigma2 in ("learned", 0.5):
+        a, b = ppca.fit_ppca(x, 3, sigma2), ppca.fit_ppca(spec, 3, sigma2)
+        np.testing.assert_array_equal(a.W, b.W)
+        np.testing.assert_array_equal(a.b, b.b)
+        assert (a.sigma2, a.active, a.learned) == (b.sigma2, b.active, b.learned)
