@@ -350,11 +350,7 @@ class _ModelTwin:
         self.buffers: dict[str, Array] = {}
 
     def _recon(self, logits: Array, x: Array) -> tuple[float, Array]:
-        """The reconstruction loss's twin, or its textbook version where it has none."""
-        fast = RECONSTRUCTION.get(self.model.likelihood)
-        if fast is None:
-            return losses.RECONSTRUCTION[self.model.likelihood](logits, x)
-        return fast(logits, x, self.buffers)
+        return RECONSTRUCTION[self.model.likelihood](logits, x, self.buffers)
 
 
 class FastAutoencoder(_ModelTwin):
@@ -417,8 +413,8 @@ def twin(model) -> _ModelTwin | None:
     hold on to `model.params`, not to its arrays from before.
     """
     cls = MODEL_TWINS.get(type(model))
-    if cls is None:
-        return None
+    if cls is None or model.likelihood not in RECONSTRUCTION or getattr(model, "decoder_output", "sigmoid") != "sigmoid":
+        return None             # a model, likelihood or decoder output the twin does not know
     if model not in _model_twins:
         _model_twins[model] = cls(model)
     return _model_twins[model]

@@ -34,6 +34,8 @@ FIGURES = {
                  "train/training_curves.png"],
     "two_losses": ["two_losses.png", "two_losses_images.png"],
     "explore": ["explore.png"],
+    "balance": ["balance.png", "balance_images.png"],
+    "linear_vae": ["linear_vae_spectrum.png", "linear_vae_images.png"],
 }
 # The demos run by the default (fast) test suite; the others are marked slow (pytest -m slow).
 FAST = ("cloud", "generation", "main_job")
@@ -233,3 +235,17 @@ def test_init_comparison_baseline_is_npvae_train_and_the_rules_differ(tmp_path):
     assert loss == json.loads((out / "history.json").read_text())[-1]["test_loss"]
     others = {rule: init_comparison.run(rule, seed=0, quick=True) for rule in ("he+glorot", "he")}
     assert len({loss, *others.values()}) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["linear_vae", "balance"])
+def test_quick_run_without_out_writes_outside_the_committed_figures(name, tmp_path, runs_dir):
+    """`--quick` with the default --out writes into RUNS/quick-figures, not demos/figures."""
+    committed = {f: (C.FIGURES / f).stat().st_mtime_ns for f in FIGURES[name] if (C.FIGURES / f).exists()}
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, str(DEMOS_DIR / f"{name}.py"), "--quick", "--runs", str(runs_dir)],
+                            capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for figure in FIGURES[name]:
+        assert (runs_dir / "quick-figures" / figure).is_file()
+    assert committed == {f: (C.FIGURES / f).stat().st_mtime_ns for f in committed}
