@@ -22,10 +22,22 @@ npvae.data (MNIST and other IDX files), npvae.checkpoint, npvae.runs (the `npvae
 and its run folders), npvae.evaluate, npvae.plots (figures; needs matplotlib), npvae.bench.
 """
 
-from .data import load_mnist
-from .models import VAE, Autoencoder, build_model
-from .optim import SGD, Adam
-from .train import fit
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["VAE", "Autoencoder", "build_model", "Adam", "SGD", "fit", "load_mnist"]
+
+# The names of a first script, imported when first used: `import npvae` alone loads no NumPy,
+# so that the command line can set OpenBLAS's threads first (see npvae.threads).
+_API = {"VAE": "models", "Autoencoder": "models", "build_model": "models", "Adam": "optim", "SGD": "optim",
+        "fit": "train", "load_mnist": "data"}
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'npvae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -16,7 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runs import DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int
+from . import threads
+
+# Before NumPy loads (the imports below load it): OpenBLAS's threads, from the cores free now.
+THREADS = threads.configure(sys.argv[1:]) if "numpy" not in sys.modules else None
+
+from .runs import DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -50,6 +55,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")
     p.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="threads for matrix products and the fast path's elementwise work (default: the cores "
+                        "free when the command starts; OPENBLAS_NUM_THREADS if set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +88,8 @@ def _train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .runs import train_run
     from .train import TrainingDiverged
+    if THREADS is not None:
+        print(f"Threads: {THREADS}", flush=True)
     given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     if args.resume and args.out is None:
         print("npvae train: --resume needs --out RUN_FOLDER (the run to continue)", file=sys.stderr)

@@ -23,7 +23,9 @@ Shapes: N batch, D input, H hidden, Z latent, P the number of parameters.
 from __future__ import annotations
 
 import math
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -421,6 +423,41 @@ def twin(model) -> _ModelTwin | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Threads for elementwise work
+# --------------------------------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """The number of threads for elementwise work: $NPVAE_THREADS (the command line sets it, see
+    npvae.threads), else 1."""
+    try:
+        return max(1, int(os.environ.get("NPVAE_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+class Pool:
+    """Runs fn(lo, hi) over the parts of range(size), one part per thread, the calling thread
+    taking the first. NumPy releases the GIL inside its loops, so the parts run at once. Each
+    element is computed by the same operations whatever the split: the result is the same, bit
+    for bit, for every number of threads."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+        self._executor = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
+
+    def run(self, fn, size: int) -> None:
+        if self._executor is None:
+            fn(0, size)
+            return
+        bounds = [size * i // self.threads for i in range(self.threads + 1)]
+        futures = [self._executor.submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        fn(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
+
+
+# --------------------------------------------------------------------------------------------
 # Fused optimizers: whole-buffer updates of the flat parameter buffer
 # --------------------------------------------------------------------------------------------
 
@@ -428,9 +465,10 @@ def twin(model) -> _ModelTwin | None:
 class FusedOptimizer:
     """Base class: the flat parameter buffer, the learning rate, and the state checks."""
 
-    def __init__(self, params: dict[str, Array], lr: float) -> None:
+    def __init__(self, params: dict[str, Array], lr: float, threads: int | None = None) -> None:
         self.params = params
         self.flat = flat_buffer(params)         # (P,) every parameter, as one array
+        self.pool = Pool(default_threads() if threads is None else threads)
         self.lr = optim._positive("learning rate", lr)
         self._slices, start = {}, 0            # where each parameter lies in the buffer
         for k, p in params.items():
@@ -458,7 +496,11 @@ class FusedOptimizer:
             if self._tmp is None:
                 self._tmp = np.empty_like(self.flat)
             scratch = self._tmp
-        self._update(g, scratch)
+        self._begin_step()
+        self.pool.run(lambda lo, hi: self._update(self.flat[lo:hi], g[lo:hi], scratch[lo:hi], lo, hi), g.size)
+
+    def _begin_step(self) -> None:
+        """What a step does once, before its elementwise update (Adam counts the steps)."""
 
     def _flat_grads(self, grads: dict[str, Array]) -> Array:
         """The flat buffer of the gradient arrays, remembered while they are the same objects
@@ -469,7 +511,9 @@ class FusedOptimizer:
             self._seen = seen = (arrays, flat_buffer(grads))
         return seen[1]
 
-    def _update(self, g: Array, scratch: Array) -> None:
+    def _update(self, p: Array, g: Array, scratch: Array, lo: int, hi: int) -> None:
+        """Update the part p = flat[lo:hi] from its gradient g; scratch (g itself, or not) is
+        free to overwrite."""
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
@@ -503,19 +547,20 @@ class FusedOptimizer:
 class FusedSGD(FusedOptimizer):
     """optim.SGD over the flat buffer: v <- momentum v + g; p <- p - lr v. Bit for bit the textbook's."""
 
-    def __init__(self, params: dict[str, Array], lr: float = 0.01, momentum: float = 0.9) -> None:
-        super().__init__(params, lr)
+    def __init__(self, params: dict[str, Array], lr: float = 0.01, momentum: float = 0.9,
+                 threads: int | None = None) -> None:
+        super().__init__(params, lr, threads)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
         self.velocity = np.zeros_like(self.flat)
 
-    def _update(self, g: Array, scratch: Array) -> None:
-        v = self.velocity
+    def _update(self, p: Array, g: Array, scratch: Array, lo: int, hi: int) -> None:
+        v = self.velocity[lo:hi]
         v *= self.momentum
         v += g
         np.multiply(v, self.lr, out=scratch)
-        self.flat -= scratch
+        p -= scratch
 
     def state_dict(self) -> dict[str, Array]:
         return {"velocity": self.velocity.copy()}
@@ -552,8 +597,8 @@ class FusedAdam(FusedOptimizer):
     """
 
     def __init__(self, params: dict[str, Array], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        super().__init__(params, lr)
+                 eps: float = 1e-8, threads: int | None = None) -> None:
+        super().__init__(params, lr, threads)
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
@@ -562,9 +607,11 @@ class FusedAdam(FusedOptimizer):
         self.m_sum = np.zeros_like(self.flat)
         self.v_sum = np.zeros_like(self.flat)
 
-    def _update(self, g: Array, scratch: Array) -> None:
+    def _begin_step(self) -> None:
         self.t += 1
-        m_sum, v_sum, tmp = self.m_sum, self.v_sum, scratch
+
+    def _update(self, p: Array, g: Array, scratch: Array, lo: int, hi: int) -> None:
+        m_sum, v_sum, tmp = self.m_sum[lo:hi], self.v_sum[lo:hi], scratch
         m_sum *= self.b1                         # m_sum <- b1 m_sum + g
         m_sum += g
         np.multiply(g, g, out=tmp)               # v_sum <- b2 v_sum + g^2 (g is not read after this)
@@ -581,10 +628,10 @@ class FusedAdam(FusedOptimizer):
         tmp += self.eps * k
         np.divide(m_sum, tmp, out=tmp)
         tmp *= self.lr * (1 - self.b1) * k / bc1
-        self.flat -= tmp
+        p -= tmp
         if self.t % FLUSH_EVERY == 0:
-            flush_subnormals(m_sum, scratch)
-            flush_subnormals(v_sum, scratch)
+            flush_subnormals(m_sum, tmp)
+            flush_subnormals(v_sum, tmp)
 
     def moments(self) -> tuple[Array, Array]:
         """Copies of Adam's m and v, the running means of the gradient and of its square."""
