@@ -354,8 +354,8 @@ def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], 
     if losses or name:
         what = ", ".join(losses) if losses else f"parameter {name} holds NaN or inf"
         raise CheckpointError(f"training diverged at epoch {len(history)} ({what}): not saved; {out / CHECKPOINT} "
-                              f"keeps epoch {len(history) - 1}. Resume with a lower learning rate (--lr) or "
-                              f"gradient-norm clipping (--clip 5).")
+                              f"keeps epoch {len(history) - 1}. Try a lower learning rate (--lr), gradient-norm "
+                              f"clipping (--clip 5) or a KL warm-up (--warmup 5).")
     save_checkpoint(out / CHECKPOINT, Checkpoint(
         params=dict(model.params), optimizer_state=optimizer.state_dict(),
         rng_state={k: g.bit_generator.state for k, g in rngs.items()},
