@@ -61,8 +61,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path,
-                   help=f"folder for the PNG figures (default {FIGURES.relative_to(REPO)}; with --quick "
-                        f"{QUICK_FIGURES.relative_to(REPO)})")
+                   help=f"folder for the PNG figures (default {_show(FIGURES)}; with --quick {_show(QUICK_FIGURES)})")
     p.add_argument("--quick", action="store_true",
                    help=f"a small, fast version: {QUICK['train_size']} training images, "
                         f"{QUICK['epochs']} epochs, smaller samples (for the tests)")

@@ -275,7 +275,7 @@ def locked(out: Path):
     refused setting), and temporary files left there by a killed npvae are removed.
     """
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder: choose another --out", str(out))
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
     created = []                                 # innermost first
     folder = out
     while not folder.exists() and folder != folder.parent:
@@ -585,6 +585,6 @@ def describe_os_error(exc: OSError) -> str:
     advice = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota)",
               errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
               errno.EROFS: "the file system is read-only: choose a writable folder",
-              errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(exc.errno)
+              errno.ENOTDIR: "a file stands where a folder is needed"}.get(exc.errno)
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{where}{exc.strerror or exc}" + (f" ({advice})" if advice else "")
