@@ -25,7 +25,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def _finite(value, least: float, strict: bool) -> bool:
 
 
 # What each numeric or free-form setting of a run must be: (description, test).
-_SETTING_RULES: dict[str, tuple[str, object]] = {
+_SETTING_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "hidden": ("a list of integers >= 1", lambda v: isinstance(v, list) and all(_whole(h, 1) for h in v)),
     "latent": ("an integer >= 1", lambda v: _whole(v, 1)),
     "beta": ("a finite number >= 0", lambda v: _finite(v, 0, strict=False)),
