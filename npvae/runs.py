@@ -232,8 +232,9 @@ def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-# atomic_write's temporary files (".checkpoint.npz.1a2b3c4d.tmp"): a killed process leaves them behind.
-_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+# atomic_write's temporary files of a run's files (".checkpoint.npz.1a2b3c4d.tmp"): a killed process
+# leaves them behind.
+_TEMP_FILE = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{8}\.tmp")
 
 
 def _acquire_lock(path: Path) -> int:
@@ -290,7 +291,8 @@ def locked(out: Path):
                     path.unlink(missing_ok=True)
             yield
         finally:
-            (out / LOCK).unlink(missing_ok=True)    # before letting go: see _acquire_lock
+            with contextlib.suppress(OSError):     # before letting go (see _acquire_lock); Windows cannot
+                (out / LOCK).unlink(missing_ok=True)    # remove an open file, and keeps it
             os.close(fd)
     finally:
         for folder in created:
@@ -455,6 +457,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
         for _, draw in figures:
             paths.append(draw())
     except KeyboardInterrupt:
+        (out / figures[len(paths)][0]).unlink(missing_ok=True)     # half written, or from before
         if stream is not None:
             missing = ", ".join(name for name, _ in figures[len(paths):])
             stream.write(f"\nInterrupted while drawing the figures: {missing} not written (the checkpoint is "

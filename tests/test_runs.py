@@ -251,10 +251,10 @@ def test_stale_temporary_files_are_removed_when_the_folder_is_opened(run):
                     ["train", *SMALL, "--epochs", "1", "--out", str(run), "--overwrite", "--no-figures"]):
         for name in stale:
             (run / name).write_bytes(b"half a file")
-        (run / "my.notes.12345678.tmpx").write_text("not ours")
+        (run / ".notes.txt.12345678.tmp").write_text("not ours")
         assert main(command) == 0, command
         assert not [name for name in stale if (run / name).exists()], command
-        assert (run / "my.notes.12345678.tmpx").exists()
+        assert (run / ".notes.txt.12345678.tmp").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +286,8 @@ def test_ctrl_c_during_the_figures_names_the_missing_ones_and_npvae_figures_redr
            "latent.png not written" in printed
     assert f"Redraw them with: npvae figures '{out}'" in printed
     assert (out / "reconstructions.png").is_file() and not (out / "samples.png").exists()
+    (out / "samples.png").write_bytes(b"\x89PNG half")                  # as a Ctrl-C inside savefig leaves it
+    assert main(["figures", str(out)]) == 130 and not (out / "samples.png").exists()
     monkeypatch.undo()
     assert main(["figures", str(out)]) == 0
     printed = capsys.readouterr().out
