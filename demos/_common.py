@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-FIGURES = REPO / "demos" / "figures"
+FIGURES = REPO / "demos" / "figures"            # the committed figures (the README's): full runs only
+QUICK_FIGURES = REPO / "runs" / "quick-figures"  # --quick's default (runs/ is not tracked by git)
 os.environ.setdefault("MPLBACKEND", "Agg")      # headless: npvae.plots draws off-screen anyway
 
 if importlib.util.find_spec("npvae") is None:   # the demos run from a checkout without installing npvae
@@ -38,6 +39,9 @@ from npvae.runs import CHECKPOINT, DEFAULTS, load_run, run_name, train_run  # no
 
 # --quick: a small subset and a few epochs, so that every demo finishes in seconds (for the tests).
 QUICK = {"train_size": 5000, "test_size": 1000, "epochs": 3}
+QUICK_NOTE = (f"  (--quick: numbers of small models, {QUICK['train_size']} training images and {QUICK['epochs']} "
+              f"epochs; they are not the README's and may even point the other way)")
+_quick = False                                  # set by parse_args: heading() then adds QUICK_NOTE
 # How many training images the nearest-training-image distance searches (for speed).
 NEAREST_SUBSET = {False: 10000, True: 2000}
 
@@ -56,8 +60,8 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     """The options every demo takes: --out, --quick, --runs, --seed."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=FIGURES,
-                   help=f"folder for the PNG figures (default {FIGURES.relative_to(REPO)})")
+    p.add_argument("--out", type=Path,
+                   help=f"folder for the PNG figures (default {_show(FIGURES)}; with --quick {_show(QUICK_FIGURES)})")
     p.add_argument("--quick", action="store_true",
                    help=f"a small, fast version: {QUICK['train_size']} training images, "
                         f"{QUICK['epochs']} epochs, smaller samples (for the tests)")
@@ -65,6 +69,13 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
                    help="folder of trained runs, reused when the settings match (default: runs/ at the repo root)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo's random draws (default 0)")
     args = p.parse_args(argv)
+    global _quick
+    _quick = args.quick
+    if args.out is None:
+        args.out = QUICK_FIGURES if args.quick else FIGURES
+    if args.quick and args.out.resolve().is_relative_to(FIGURES):
+        p.error(f"--quick would overwrite the README's figures in {FIGURES}; give another --out "
+                f"(default {QUICK_FIGURES})")
     print(description.split("\n    python demos/")[0].strip() + "\n", flush=True)   # what the figures show
     args.out.mkdir(parents=True, exist_ok=True)
     args.rng = np.random.default_rng(args.seed)
@@ -73,7 +84,8 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
 
 
 def heading(text: str) -> None:
-    print(f"\n== {text} ==", flush=True)
+    """The title of a block of numbers (with --quick, and a warning that they are not the README's)."""
+    print(f"\n== {text} ==" + ("\n" + QUICK_NOTE if _quick else ""), flush=True)
 
 
 def wrote(path: Path) -> Path:

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     vae, history = C.get_run(C.VAE_20, args.runs, args.quick)
     x_test, y_test = C.load_split("test", args.quick)
     last = history[-1]
-    print(f"After {last['epoch']} epochs: test loss {last['test_loss']:.2f} per image "
+    C.heading("The run")
+    print(f"  After {last['epoch']} epochs: test loss {last['test_loss']:.2f} per image "
           f"(reconstruction {last['test_recon']:.2f} + KL {last['test_kl']:.2f})")
     for path in runs.write_figures(vae, history, x_test, y_test, args.out / "train", seed=args.seed):
         C.wrote(path)

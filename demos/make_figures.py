@@ -1,7 +1,7 @@
 """Regenerate every demo figure: run all the demos, one after the other, in default mode.
 
     python demos/make_figures.py            # writes demos/figures/*.png (the README's pictures)
-    python demos/make_figures.py --quick    # the fast versions, e.g. with --out /tmp/figs
+    python demos/make_figures.py --quick    # the fast versions, into runs/quick-figures (or --out DIR)
 
 Options are passed on to every demo (--out, --quick, --runs, --seed). The runs they train are
 kept in runs/ and shared: the first demo to need a model trains it, the others reuse it. From

@@ -4,6 +4,7 @@
     npvae sample RUN                 a grid of samples from a saved run
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
+    npvae figures RUN                all the standard figures of a run (as `npvae train` draws them)
     npvae evaluate RUN               test ELBO, IWAE log-likelihood, active units, sample quality
     npvae explore RUN                one self-contained web page to play with the run's latent space
     npvae bench                      time the training step (matmul floor, PyTorch if installed)
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +23,15 @@ from . import threads
 # Before NumPy loads (the imports below load it): OpenBLAS's threads, from the cores free now.
 THREADS = threads.configure(sys.argv[1:]) if "numpy" not in sys.modules else None
 
-from .runs import DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
+from .runs import CHOICES, DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (say, `kill PID` or a job scheduler), handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -30,25 +40,26 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
                         "(options given as well override it)")
-    p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
-    p.add_argument("--likelihood", choices=["l2", "bernoulli"],
+    p.add_argument("--model", choices=CHOICES["model"], help=f"variational or plain autoencoder (default {d['model']})")
+    p.add_argument("--likelihood", choices=CHOICES["likelihood"],
                    help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                    help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
     p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")
-    p.add_argument("--activation", choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"],
+    p.add_argument("--activation", choices=CHOICES["activation"],
                    help=f"hidden activation (default {d['activation']})")
     p.add_argument("--beta", type=nonnegative_float, help=f"weight of the KL term (default {d['beta']:g})")
     p.add_argument("--warmup", type=nonnegative_int, metavar="K", help="linear KL warm-up over the first K epochs (default 0)")
     p.add_argument("--epochs", type=positive_int, help=f"total epochs; with --resume, the epoch to train up to (default {d['epochs']})")
     p.add_argument("--batch-size", type=positive_int, help=f"minibatch size (default {d['batch_size']})")
     p.add_argument("--lr", type=positive_float, help=f"learning rate (default {d['lr']:g})")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"optimizer (default {d['optimizer']})")
+    p.add_argument("--optimizer", choices=CHOICES["optimizer"], help=f"optimizer (default {d['optimizer']})")
     p.add_argument("--clip", type=positive_float, metavar="NORM", help="clip the gradient's global norm to NORM (default: off)")
-    p.add_argument("--seed", type=int, help=f"seed of every random draw: same seed, same run (default {d['seed']})")
-    p.add_argument("--dtype", choices=["float32", "float64"], help=f"floating-point type (default {d['dtype']})")
+    p.add_argument("--seed", type=nonnegative_int,
+                   help=f"seed of every random draw: same seed, same run (default {d['seed']})")
+    p.add_argument("--dtype", choices=CHOICES["dtype"], help=f"floating-point type (default {d['dtype']})")
     p.add_argument("--data-dir", metavar="DIR", help="a folder of IDX files named like MNIST's (default: bundled MNIST)")
-    p.add_argument("--binarize", choices=["none", "static", "dynamic"], help="pixel binarization (default none)")
+    p.add_argument("--binarize", choices=CHOICES["binarize"], help="pixel binarization (default none)")
     p.add_argument("--train-size", type=positive_int, metavar="N", help="use only the first N training images")
     p.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test images")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<name from the settings>)")
@@ -71,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{what}, from a saved run")
         p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
         p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+        p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random draws (default 0)")
+    sub.add_parser("figures", help="all the standard figures of a saved run, into its folder").add_argument(
+        "run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
     from . import evaluate
     evaluate.add_arguments(sub.add_parser("evaluate", help="test ELBO, importance-weighted log-likelihood, "
                                                             "active units and sample quality of a run"))
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .runs import train_run
+    from .runs import RunInUse, describe_os_error, train_run
     from .train import TrainingDiverged
     if THREADS is not None:
         print(f"Threads: {THREADS}", flush=True)
@@ -100,12 +113,21 @@ def _train(args: argparse.Namespace) -> int:
     cfg = {**DEFAULTS, **preset, **given, "_given": sorted(given)}
     try:
         train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures)
-    except KeyboardInterrupt:
-        return 130
-    except (TrainingDiverged, CheckpointError, FileExistsError, ValueError, ImportError) as e:
+    except KeyboardInterrupt as e:
+        return _interrupted_status(e)
+    except (TrainingDiverged, CheckpointError, FileExistsError, RunInUse, ValueError, ImportError) as e:
         print(f"npvae train: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                 # disk full, a read-only folder, --out under a file, ...
+        print(f"npvae train: {describe_os_error(e)}. Nothing saved before is lost; fix this and run the "
+              f"command again (with --resume to continue a run).", file=sys.stderr)
+        return 1
     return 0
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by SIGTERM (143) or Ctrl-C (130), as a shell gives them."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 def _figure(args: argparse.Namespace) -> int:
@@ -115,9 +137,15 @@ def _figure(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     try:
         model, ckpt = runs.load_run(args.run)
+        cfg = {**DEFAULTS, **ckpt.config}
+        if args.command == "figures":
+            _, x_test, y_test = runs.load_data(cfg)
+            paths = runs.write_figures(model, ckpt.history, x_test, y_test, runs.run_folder(args.run),
+                                       seed=cfg["seed"], stream=sys.stdout)
+            print("".join(f"wrote {p}\n" for p in paths), end="")
+            return 0
         out = Path(args.out) if args.out else runs.run_folder(args.run)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = {**DEFAULTS, **ckpt.config}
         if args.command == "sample":
             path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
         else:
@@ -127,8 +155,13 @@ def _figure(args: argparse.Namespace) -> int:
                 path = runs.figure_reconstruct(model, x_test, out)
             else:
                 path = runs.figure_interpolate(model, x_test, out)
-    except (CheckpointError, ValueError, OSError) as e:      # no run there, its data gone, ...
+    except KeyboardInterrupt as e:
+        return _interrupted_status(e)
+    except (CheckpointError, ValueError, ImportError) as e:      # no run there, its data gone, ...
         print(f"npvae {args.command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"npvae {args.command}: {runs.describe_os_error(e)}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
     return 0
@@ -136,9 +169,17 @@ def _figure(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)    # SIGTERM stops a command as Ctrl-C does
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
-    if args.command in ("sample", "reconstruct", "interpolate"):
+    if args.command in ("sample", "reconstruct", "interpolate", "figures"):
         return _figure(args)
     if args.command == "evaluate":
         from . import evaluate

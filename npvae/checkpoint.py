@@ -134,9 +134,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:  # also on KeyboardInterrupt: never leave the temporary file behind
+    except BaseException as exc:  # also on KeyboardInterrupt: never leave the temporary file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:   # name the file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_directory(path.parent)
     return path

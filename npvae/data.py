@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import re
 import struct
@@ -38,7 +39,7 @@ MNIST_MD5 = {
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
 }
 
-# Public IDX datasets that download_dataset() knows: base URL and SHA-256 of each .gz file.
+# Public IDX datasets that download_dataset() knows: base URL, SHA-256 and size in bytes of each .gz file.
 DATASETS: dict[str, dict] = {
     "mnist": {
         "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -48,6 +49,8 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
             "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
+        "sizes": {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+                  "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
     },
     "fashion-mnist": {
         "url": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
@@ -57,6 +60,8 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
+        "sizes": {"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
+                  "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
     },
 }
 
@@ -67,12 +72,8 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 _IDX_CODES = {(np.dtype(t).kind, np.dtype(t).itemsize): code for code, t in _IDX_TYPES.items()}
 
 
-def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Parse the bytes of an (uncompressed) IDX file into an array of its header's shape.
-
-    Every field is checked; any problem raises ValueError naming `source`. The payload
-    must hold exactly prod(dims) elements: a short or over-long file is refused.
-    """
+def _idx_header(data: bytes, source: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Check the header at the start of `data`: (element dtype, dims, header length in bytes)."""
     if len(data) < 4:
         raise ValueError(f"{source}: too short for an IDX header ({len(data)} bytes)")
     if data[0] != 0 or data[1] != 0:
@@ -85,15 +86,31 @@ def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise ValueError(f"{source}: truncated header: {ndim} dimensions need {header_len} bytes, file has {len(data)}")
-    dims = struct.unpack(f">{ndim}I", data[4:header_len])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    return np.dtype(_IDX_TYPES[data[2]]), struct.unpack(f">{ndim}I", data[4:header_len]), header_len
+
+
+def _payload_bytes(dtype: np.dtype, dims: tuple[int, ...]) -> int:
+    return math.prod(dims) * dtype.itemsize
+
+
+def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse the bytes of an (uncompressed) IDX file into an array of its header's shape.
+
+    Every field is checked; any problem raises ValueError naming `source`. The payload
+    must hold exactly prod(dims) elements: a short or over-long file is refused.
+    """
+    dtype, dims, header_len = _idx_header(data, source)
+    expected = _payload_bytes(dtype, dims)
     actual = len(data) - header_len
     if actual != expected:
         what = "truncated" if actual < expected else "over-long"
         raise ValueError(f"{source}: {what} data: dims {dims} of {dtype.name} need {expected} bytes "
                          f"after the header, found {actual}")
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    except ValueError as exc:      # too many dimensions, or sizes NumPy cannot index
+        raise ValueError(f"{source}: an array of dims {dims[:8]}{' ...' if len(dims) > 8 else ''} "
+                         f"({len(dims)} dimensions) cannot be held by NumPy ({exc})") from None
     return array.astype(dtype.newbyteorder("="))  # a native-endian, writable copy
 
 
@@ -109,15 +126,36 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
 
 
+def _read_at_most(f, limit: int) -> bytes:
+    """Up to `limit` bytes from the binary file object f, read in chunks (no buffer of `limit` bytes
+    is allocated up front: a header may declare far more than the file holds)."""
+    chunks, left = [], limit
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def _read_raw(path: str | os.PathLike) -> bytes:
-    """Read a file, gunzipping it if it starts with the gzip magic bytes."""
-    data = Path(path).read_bytes()
-    if data[:2] != b"\x1f\x8b":  # an IDX file starts with 00 00, so no ambiguity
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error, struct.error, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    """Read an IDX file, gunzipping it if it starts with the gzip magic bytes.
+
+    Reads no more than its header declares, plus one byte to tell an over-long file: a small .gz
+    that expands to gigabytes costs no memory.
+    """
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"     # an IDX file starts with 00 00, so no ambiguity
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        try:
+            data = _read_at_most(f, 4)
+            if len(data) == 4:
+                data += _read_at_most(f, 4 * data[3])
+            dtype, dims, _ = _idx_header(data, str(path))
+            return data + _read_at_most(f, _payload_bytes(dtype, dims) + 1)
+        except (OSError, EOFError, zlib.error, struct.error) as exc:
+            if not gzipped:
+                raise
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -264,6 +302,9 @@ def load_mnist_uint8(split: str = "train", data_dir: str | os.PathLike | None = 
     for path, array, ndim in ((image_path, images, 3), (label_path, labels, 1)):
         if array.dtype != np.uint8 or array.ndim != ndim:
             raise ValueError(f"{path}: expected {ndim}-d uint8 data, found {array.ndim}-d {array.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{image_path} holds 0 images (its header declares dims {images.shape}); a data set "
+                         f"needs at least one image")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels")
     # The images are the cache's own read-only array (a view, no copy: 47 MB saved for the
@@ -295,6 +336,8 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
 
 
 # ----------------------------------------------------------------------------- download
+# The most a download of unknown size (no `sizes` entry, no Content-Length) may write to disk.
+MAX_DOWNLOAD_BYTES = 256 << 20
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -303,8 +346,12 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_file(url: str, target: Path, sha256: str, timeout: float) -> None:
-    """Stream `url` to a temp file beside `target`, check its SHA-256, then rename atomically."""
+def _download_file(url: str, target: Path, sha256: str, timeout: float, size: int | None = None) -> None:
+    """Stream `url` to a temp file beside `target`, check its size and SHA-256, then rename atomically.
+
+    At most `size` bytes (else the Content-Length, else MAX_DOWNLOAD_BYTES) are written, plus
+    one to tell that the server sends more.
+    """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         digest, received, declared = hashlib.sha256(), 0, None
@@ -312,12 +359,19 @@ def _download_file(url: str, target: Path, sha256: str, timeout: float) -> None:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     declared = response.headers.get("Content-Length")
-                    while chunk := response.read(1 << 16):
+                    limit = size if size is not None else int(declared) if declared else MAX_DOWNLOAD_BYTES
+                    if declared is not None and int(declared) > limit:
+                        raise ValueError(f"{url}: the server announces {declared} bytes, the file has {limit}; "
+                                         f"refusing it")
+                    while received <= limit and (chunk := response.read(min(1 << 16, limit + 1 - received))):
                         out.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
             except (OSError, http.client.HTTPException) as exc:
                 raise ConnectionError(f"download of {url} failed after {received} bytes: {exc}") from exc
+        if received > limit:
+            raise ValueError(f"{url}: the server sends more than the {limit} bytes of the file; stopped "
+                             f"there and discarded it")
         if declared is not None and received != int(declared):
             raise ConnectionError(f"download of {url} was cut short: got {received} of {declared} bytes")
         if digest.hexdigest() != sha256:
@@ -329,7 +383,8 @@ def _download_file(url: str, target: Path, sha256: str, timeout: float) -> None:
 
 
 def download_dataset(name: str, cache_dir: str | os.PathLike | None = None, base_url: str | None = None,
-                     files: dict[str, str] | None = None, timeout: float = 30.0) -> Path:
+                     files: dict[str, str] | None = None, timeout: float = 30.0,
+                     sizes: dict[str, int] | None = None) -> Path:
     """Download the files of a public IDX dataset and return the folder holding them.
 
     name: a key of DATASETS, or any folder name if base_url and files are given.
@@ -337,12 +392,16 @@ def download_dataset(name: str, cache_dir: str | os.PathLike | None = None, base
     always required: each file goes to a temp file in the target folder, is verified,
     and only then renamed into place, so a partial or corrupted download never looks
     valid. Files already present with the right hash are not fetched again.
+    sizes: {file name: size in bytes}, defaulting to the registry entry's (when `files` is too);
+    a download stops at its file's size (a server sending more is refused), or for a file of unknown
+    size at the Content-Length, else at MAX_DOWNLOAD_BYTES.
     The folder is `cache_dir/name`, with cache_dir defaulting to cache_root()/"datasets";
     pass it as data_dir to load_mnist. Raises ValueError for a bad argument or a hash
     mismatch, ConnectionError for a network failure or truncated transfer.
     """
     entry = DATASETS.get(name, {})
     base_url = base_url or entry.get("url")
+    sizes = sizes if sizes is not None else entry.get("sizes", {}) if not files else {}
     files = files or entry.get("files")
     if not base_url or not files:
         raise ValueError(f"unknown dataset {name!r}: known are {sorted(DATASETS)}; otherwise pass base_url and files")
@@ -361,7 +420,7 @@ def download_dataset(name: str, cache_dir: str | os.PathLike | None = None, base
         target = folder / file_name
         if target.is_file() and _sha256_file(target) == sha256:
             continue
-        _download_file(base_url.rstrip("/") + "/" + file_name, target, sha256, timeout)
+        _download_file(base_url.rstrip("/") + "/" + file_name, target, sha256, timeout, sizes.get(file_name))
     return folder
 
 
@@ -377,6 +436,9 @@ def binarize(images: np.ndarray, mode: str = "none", rng: np.random.Generator | 
     images = np.asarray(images)
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"binarize expects float pixels in [0, 1], got {images.dtype}; see to_float")
+    if images.size and not (images.min() >= 0 and images.max() <= 1):     # NaN fails both
+        found = "NaN" if np.isnan(images).any() else f"values from {images.min()} to {images.max()}"
+        raise ValueError(f"binarize expects pixels in [0, 1], got {found}; scale them first (see to_float)")
     if mode == "none":
         return images
     if mode == "static":

@@ -67,8 +67,8 @@ from .classifier import Classifier, get_classifier
 from .data import binarize, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
-from .runs import DEFAULTS, load_run, positive_int, run_folder
 from .progress import Ticker, progress_stream
+from .runs import DEFAULTS, load_run, nonnegative_int, positive_int, run_folder
 
 Array = np.ndarray
 Model = Autoencoder | VAE
@@ -521,7 +521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
     parser.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS,
                         help=f"draws of eps per image for the ELBO (default {DEFAULT_DRAWS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random draws (default 0)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
     parser.add_argument("--no-classifier", action="store_true",
                         help="skip the digit-classifier figures (and training the classifier the first time)")

@@ -6,20 +6,26 @@ A run folder holds
     history.csv      one row per epoch, with a header naming each column
     history.json     the same rows as JSON
     *.png            the standard figures
+    .npvae.lock      while a process trains into the folder: its PID (see `locked`)
 The checkpoint is rewritten (atomically) after every epoch, so a run can always be resumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
+import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import numpy as np
 
@@ -31,6 +37,7 @@ from .progress import Progress
 from .train import check_settings, fit, iwae_lr
 
 CHECKPOINT = "checkpoint.npz"
+LOCK = ".npvae.lock"
 # Everything `npvae train` and `npvae evaluate` write into a run folder: --overwrite removes them.
 RUN_FILES = (CHECKPOINT, "config.json", "history.csv", "history.json", "eval.json", "reconstructions.png",
              "samples.png", "interpolation.png", "training_curves.png", "latent.png")
@@ -56,6 +63,17 @@ PRESETS: dict[str, dict] = {
 # Settings a resumed run may change: the epoch to train up to, and the remedies for a diverging
 # run (a lower learning rate, gradient clipping). Every other setting must match the run's.
 CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip")
+# The settings that take one of a few names: the command line's choices, and what a checkpoint may hold.
+CHOICES: dict[str, tuple] = {
+    "model": ("vae", "ae"), "likelihood": ("l2", "bernoulli"),
+    "activation": ("relu", "leaky_relu", "tanh", "sigmoid", "softplus"), "optimizer": ("adam", "sgd"),
+    "dtype": ("float32", "float64"), "binarize": ("none", "static", "dynamic"), "schedule": ("constant", "iwae"),
+    "preset": (None, *PRESETS),
+}
+
+
+class RunInUse(RuntimeError):
+    """Another process is training into the run folder (it holds the folder's lock)."""
 
 
 def positive_int(text: str) -> int:
@@ -88,6 +106,62 @@ def nonnegative_float(text: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _finite(value, least: float, strict: bool) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > least if strict else value >= least))
+
+
+# What each numeric or free-form setting of a run must be: (description, test).
+_SETTING_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "hidden": ("a list of integers >= 1", lambda v: isinstance(v, list) and all(_whole(h, 1) for h in v)),
+    "latent": ("an integer >= 1", lambda v: _whole(v, 1)),
+    "beta": ("a finite number >= 0", lambda v: _finite(v, 0, strict=False)),
+    "warmup": ("an integer >= 0", lambda v: _whole(v, 0)),
+    "epochs": ("an integer >= 0", lambda v: _whole(v, 0)),
+    "batch_size": ("an integer >= 1", lambda v: _whole(v, 1)),
+    "lr": ("a finite number > 0", lambda v: _finite(v, 0, strict=True)),
+    "clip": ("null or a finite number > 0", lambda v: v is None or _finite(v, 0, strict=True)),
+    "seed": ("an integer >= 0", lambda v: _whole(v, 0)),
+    "data_dir": ("null or a folder name", lambda v: v is None or isinstance(v, str)),
+    "train_size": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
+    "test_size": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
+    "adam_eps": ("a finite number > 0", lambda v: _finite(v, 0, strict=True)),
+}
+
+
+def check_run_metadata(path: Path, ckpt: Checkpoint) -> None:
+    """Refuse a checkpoint whose config, generator states or history a run cannot use (say, edited
+    by hand): CheckpointError naming the file, the member and the entry."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: member 'meta': {what}; the file was edited or damaged, so the run "
+                               f"cannot be used as it is")
+    cfg = {**DEFAULTS, **ckpt.config}
+    for key, choices in CHOICES.items():
+        if cfg[key] not in choices:
+            raise bad(f"config {key!r} must be one of {list(choices)}, got {cfg[key]!r}")
+    for key, (what, ok) in _SETTING_RULES.items():
+        if not ok(cfg[key]):
+            raise bad(f"config {key!r} must be {what}, got {cfg[key]!r}")
+    for name in ("model", "data"):
+        try:
+            np.random.PCG64().state = ckpt.rng_state[name]
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise bad(f"rng_state[{name!r}] is not the state of a numpy PCG64 generator "
+                      f"({type(exc).__name__}: {exc})") from None
+    if len(ckpt.history) != ckpt.epoch:
+        raise bad(f"history has {len(ckpt.history)} rows but epoch is {ckpt.epoch}")
+    for i, row in enumerate(ckpt.history):
+        if not isinstance(row, dict) or row.get("epoch") != i + 1:
+            raise bad(f"history row {i} must be an object with \"epoch\": {i + 1}, got {row!r}")
+        odd = [k for k, v in row.items() if not _finite(v, -math.inf, strict=True)]
+        if odd:
+            raise bad(f"history row {i} ({odd[0]!r}) must hold finite numbers only, got {row[odd[0]]!r}")
 
 
 # The settings a run's folder name shows when they differ from the defaults (or the preset's).
@@ -159,6 +233,98 @@ def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
+# atomic_write's temporary files of a run's files (".checkpoint.npz.1a2b3c4d.tmp"): a killed process
+# leaves them behind.
+_TEMP_FILE = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{8}\.tmp")
+
+
+def _acquire_lock(path: Path) -> int:
+    """Take the lock file `path` (an exclusive flock, held by the returned open descriptor) and write
+    our PID into it, or raise RunInUse naming the holder's PID. The kernel drops the lock of a process
+    that dies, however it dies, so a lock file left behind by a killed process is simply taken over."""
+    try:
+        import fcntl
+    except ImportError:          # no flock (Windows): the folder is not locked
+        fcntl = None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder unlinks the file when it lets go: if we locked a file no longer at `path`, try again.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    return fd
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise RunInUse(f"{path.parent} is in use: process {holder or '(PID not yet written)'} is training into "
+                           f"it (it holds {path}). Wait for it to finish, stop it, or choose another folder "
+                           f"with --out.") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(out: Path):
+    """Hold the lock of the run folder `out` for the block (RunInUse if another process holds it).
+
+    The folder is created if missing (and removed again if the block leaves it empty, say after a
+    refused setting), and temporary files left there by a killed npvae are removed.
+    """
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
+    created = []                                 # innermost first
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = _acquire_lock(out / LOCK)
+        try:
+            for path in out.iterdir():
+                if _TEMP_FILE.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
+            yield
+        finally:
+            with contextlib.suppress(OSError):     # before letting go (see _acquire_lock); Windows cannot
+                (out / LOCK).unlink(missing_ok=True)    # remove an open file, and keeps it
+            os.close(fd)
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):      # not empty: the run's files are in it
+                folder.rmdir()
+
+
+def remove_stale_files(folder: Path) -> None:
+    """Remove the temporary files a killed npvae left in a run folder, unless a process trains into it
+    (its temporary files are in use) or the folder cannot be written (nothing to do then)."""
+    with contextlib.suppress(RunInUse, OSError), locked(folder):
+        pass
+
+
+def check_new_run_folder(out: Path, overwrite: bool) -> None:
+    """A new run goes into a folder that is new, empty, or holds an npvae run (which only --overwrite
+    replaces). A folder holding other files needs --overwrite, and even then keeps them (FileExistsError)."""
+    if (out / CHECKPOINT).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run. Continue it with --resume (and --epochs N "
+                                  f"for more epochs), choose another folder with --out, or pass --overwrite.")
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    if others and not overwrite:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise FileExistsError(f"{out} holds files that are not an npvae run ({shown}). Choose a new or empty "
+                              f"folder with --out, or pass --overwrite to write the run there anyway (files of "
+                              f"the same names as the run's, such as config.json, are replaced; no other file "
+                              f"is touched).")
+
+
 def write_history(out: Path, history: list[dict]) -> None:
     """history.csv (header row, one row per epoch; empty cells where a run has no such column) and history.json."""
     columns: list[str] = []
@@ -172,9 +338,27 @@ def write_history(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
 
 
+def _not_finite(params: dict[str, np.ndarray]) -> str | None:
+    """The name of the first parameter holding NaN or inf, or None."""
+    return next((name for name, value in params.items() if not np.isfinite(value).all()), None)
+
+
 def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], history: list[dict],
              cfg: dict) -> None:
-    """Write the checkpoint (atomically), the history files and config.json."""
+    """Write the checkpoint (atomically), the history files and config.json.
+
+    A diverged epoch (NaN or inf in a parameter or in its train or test loss) is never saved:
+    CheckpointError, and the checkpoint of the epoch before stays.
+    """
+    last = history[-1] if history else {}
+    losses = [f"{key} {last[key]}" for key in ("train_loss", "test_loss") if key in last
+              and not math.isfinite(last[key])]
+    name = _not_finite(model.params)
+    if losses or name:
+        what = ", ".join(losses) if losses else f"parameter {name} holds NaN or inf"
+        raise CheckpointError(f"training diverged at epoch {len(history)} ({what}): not saved; {out / CHECKPOINT} "
+                              f"keeps epoch {len(history) - 1}. Try a lower learning rate (--lr), gradient-norm "
+                              f"clipping (--clip 5) or a KL warm-up (--warmup 5).")
     save_checkpoint(out / CHECKPOINT, Checkpoint(
         params=dict(model.params), optimizer_state=optimizer.state_dict(),
         rng_state={k: g.bit_generator.state for k, g in rngs.items()},
@@ -183,20 +367,30 @@ def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], 
 
 
 def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
-    """Rebuild the model of a run folder from its checkpoint. Returns (model, checkpoint)."""
+    """Rebuild the model of a run folder from its checkpoint. Returns (model, checkpoint).
+
+    Raises CheckpointError naming the file for a checkpoint that cannot be used: damaged, from
+    another architecture, with settings, generator states or history a run cannot have, or with
+    NaN or inf in a parameter. Removes temporary files a killed npvae left in the folder.
+    """
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
     if not path.exists():
         raise CheckpointError(f"{path}: no checkpoint here; is {run_dir} a run folder written by `npvae train`?")
+    remove_stale_files(path.parent)
     ckpt = load_checkpoint(path)
+    check_run_metadata(path, ckpt)
     cfg = {**DEFAULTS, **ckpt.config}
     model = build_model(model_config(cfg), rng=cfg["seed"])
     expected = {k: (v.shape, v.dtype) for k, v in model.params.items()}
     ckpt = load_checkpoint(path, expected_params=expected)     # checks names, shapes and dtypes
+    name = _not_finite(ckpt.params)
+    if name:
+        raise CheckpointError(f"{path}: parameter {name} holds NaN or inf: the run diverged and its model "
+                              f"cannot be used. Train it again (npvae train --overwrite) with a lower --lr or --clip.")
     for k, v in ckpt.params.items():
         model.params[k][...] = v
-    if "model" in ckpt.rng_state:
-        model.rng.bit_generator.state = ckpt.rng_state["model"]
+    model.rng.bit_generator.state = ckpt.rng_state["model"]
     return model, ckpt
 
 
@@ -242,18 +436,44 @@ def figure_interpolate(model, x_test: np.ndarray, out: Path, pairs: int = 6, ste
 
 
 def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.ndarray, out: Path,
-                  seed: int = 0) -> list[Path]:
-    """All standard figures of a run; the 2-D latent scatter only when Z = 2."""
+                  seed: int = 0, stream: TextIO | None = None) -> list[Path]:
+    """All standard figures of a run; the 2-D latent scatter only when Z = 2.
+
+    Interrupted (Ctrl-C), it says on `stream` which figures are missing and how to redraw them.
+    """
     from . import plots
     rng = np.random.default_rng(seed)
-    paths = [figure_reconstruct(model, x_test, out), figure_sample(model, out, rng),
-             *([figure_interpolate(model, x_test, out)] if len(x_test) >= 2 else []),
-             plots.training_curves(history, out / "training_curves.png", likelihood=model.likelihood,
-                                   title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")]
+    figures = [("reconstructions.png", lambda: figure_reconstruct(model, x_test, out)),
+               ("samples.png", lambda: figure_sample(model, out, rng))]
+    if len(x_test) >= 2:
+        figures.append(("interpolation.png", lambda: figure_interpolate(model, x_test, out)))
+    figures.append(("training_curves.png", lambda: plots.training_curves(
+        history, out / "training_curves.png", likelihood=model.likelihood,
+        title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")))
     if model.latent_dim == 2:
-        paths.append(plots.latent_scatter(_codes(model, x_test), y_test, out / "latent.png",
-                                          title="Test set in latent space, coloured by digit"))
+        figures.append(("latent.png", lambda: plots.latent_scatter(
+            _codes(model, x_test), y_test, out / "latent.png", title="Test set in latent space, coloured by digit")))
+    paths: list[Path] = []
+    try:
+        for _, draw in figures:
+            paths.append(draw())
+    except KeyboardInterrupt:
+        (out / figures[len(paths)][0]).unlink(missing_ok=True)     # half written, or from before
+        if stream is not None:
+            missing = ", ".join(name for name, _ in figures[len(paths):])
+            stream.write(f"\nInterrupted while drawing the figures: {missing} not written (the checkpoint is "
+                         f"complete). Redraw them with: {shlex.join(['npvae', 'figures', str(out)])}\n")
+        raise
     return paths
+
+
+def require_matplotlib() -> None:
+    """Raise ImportError, before any training, if the figures cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install 'npvae[plot]', or pass --no-figures to train "
+                          "without them") from None
 
 
 def as_float(images: np.ndarray) -> np.ndarray:
@@ -271,7 +491,9 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     """Train a run from its settings, writing everything into `out` (default runs/<name>).
 
     With resume=True, continue the run in `out` from its checkpoint up to cfg["epochs"] epochs.
-    Raises TrainingDiverged, CheckpointError, or FileExistsError (a finished run in the way).
+    The folder is locked while training (see `locked`), and settings, data and matplotlib (unless
+    figures=False) are checked before anything is written. Raises TrainingDiverged, CheckpointError,
+    RunInUse, FileExistsError (a run or other files in the way), ValueError, ImportError or OSError.
     """
     stream = stream if stream is not None else sys.stdout
     cfg = {**DEFAULTS, **cfg}
@@ -279,7 +501,20 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         cfg["data_dir"] = _absolute(cfg["data_dir"])
     check_settings(epochs=cfg["epochs"], batch_size=cfg["batch_size"], warmup=cfg["warmup"], clip=cfg["clip"],
                    beta=cfg["beta"])
+    if figures:
+        require_matplotlib()
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
+    with locked(out):
+        return _train_locked(cfg, out, resume=resume, overwrite=overwrite, figures=figures, stream=stream)
+
+
+def resume_command(out: Path, epochs: int) -> str:
+    """The shell command that continues the run in `out`, quoted for pasting."""
+    return shlex.join(["npvae", "train", "--out", str(out), "--resume", "--epochs", str(epochs)])
+
+
+def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figures: bool, stream: TextIO) -> Path:
+    """train_run's work, while it holds the folder's lock."""
     ckpt_path = out / CHECKPOINT
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
     if resume:
@@ -303,9 +538,7 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         history = ckpt.history
         stream.write(f"Resuming {out} after epoch {ckpt.epoch}, training to epoch {cfg['epochs']}\n")
     else:
-        if ckpt_path.exists() and not overwrite:
-            raise FileExistsError(f"{out} already holds a run. Continue it with --resume (and --epochs N "
-                                  f"for more epochs), choose another folder with --out, or pass --overwrite.")
+        check_new_run_folder(out, overwrite)
         model = build_model(model_config(cfg), rng=np.random.default_rng(seeds[0]))
         optimizer = make_run_optimizer(cfg, model)
         data_rng = np.random.default_rng(seeds[1])
@@ -313,16 +546,16 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
     cfg.pop("_given", None)
     x_train, x_test, y_test = load_data(cfg)
     model.check_data(x_train, "the training images")    # before anything is written
+    model.check_data(x_test, "the test images")
     if overwrite and not resume and ckpt_path.exists():
         for name in RUN_FILES:                      # the replaced run's files would mislead
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
 
     rngs = {"model": model.rng, "data": data_rng}
     save = lambda h: save_run(out, model, optimizer, rngs, h, cfg)   # noqa: E731
     if not history:
         save(history)     # epoch 0: even a run interrupted in its first epoch can be resumed
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
     stream.write(f"Training {type(model).__name__} {784}-{'-'.join(map(str, cfg['hidden']))}-{cfg['latent']} "
                  f"({cfg['likelihood']} likelihood, {model.num_params:,} parameters) on {len(x_train):,} images, "
                  f"testing on {len(x_test):,}; run folder {out}\n")
@@ -333,16 +566,29 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
                       clip=cfg["clip"], binarization=cfg["binarize"], history=history,
                       lr_schedule=(lambda e: iwae_lr(e, cfg["lr"])) if cfg["schedule"] == "iwae" else None,
                       eval_seed=cfg["seed"], on_epoch_end=save, progress=Progress(stream), log=stream)
-    except KeyboardInterrupt:
-        done = len(load_checkpoint(ckpt_path).history)
-        stream.write(f"\nInterrupted. The checkpoint of epoch {done} is in {ckpt_path}.\n"
-                     f"Resume with: npvae train --out {out} --resume --epochs {cfg['epochs']}\n")
+    except (KeyboardInterrupt, OSError) as exc:
+        kept = load_checkpoint(ckpt_path)
+        with contextlib.suppress(OSError):   # an interrupted save may have left the history files behind
+            write_history(out, kept.history)
+        why = "Interrupted" if isinstance(exc, KeyboardInterrupt) else f"Stopped ({describe_os_error(exc)})"
+        stream.write(f"\n{why}. The checkpoint of epoch {kept.epoch} is in {ckpt_path}.\n"
+                     f"Resume with: {resume_command(out, cfg['epochs'])}\n")
         raise
     trained = (f"{cfg['epochs']} epochs" if first == 1 else
                f"epochs {first}-{cfg['epochs']}" if first <= cfg["epochs"] else "no more epochs")
     stream.write(f"Trained {trained} in {time.perf_counter() - start:.1f} s.\n")
     if figures:
-        paths = write_figures(model, history, x_test, y_test, out, seed=cfg["seed"])
+        paths = write_figures(model, history, x_test, y_test, out, seed=cfg["seed"], stream=stream)
         stream.write("Figures:\n" + "".join(f"  {p}\n" for p in paths))
     stream.write(f"Checkpoint: {ckpt_path}\nHistory: {out / 'history.csv'}, {out / 'history.json'}\n")
     return out
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the file, what went wrong, and what to do about it."""
+    advice = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota)",
+              errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
+              errno.EROFS: "the file system is read-only: choose a writable folder",
+              errno.ENOTDIR: "a file stands where a folder is needed"}.get(exc.errno)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}" + (f" ({advice})" if advice else "")

@@ -180,6 +180,45 @@ def test_specific_header_errors_are_explained():
             data.decode_idx(blob)
 
 
+@pytest.mark.parametrize("dims", [(0, 2**32 - 1, 2**32 - 1), (1,) * 255])
+def test_headers_numpy_cannot_hold_are_explained_naming_the_file(dims, tmp_path):
+    # 0 images of 2^32-1 x 2^32-1 pixels ("array is too big"); 255 dimensions (NumPy holds 64)
+    path = tmp_path / "odd-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+                     + bytes(int(np.prod(dims, dtype=object))))
+    with pytest.raises(ValueError, match=f"{path}: an array of dims .* \\({len(dims)} dimensions\\) cannot be held"):
+        data.read_idx(path)
+
+
+def test_a_data_set_of_0_images_is_refused_naming_the_file(tmp_path):
+    for split, n in (("train", 0), ("t10k", 3)):
+        data.write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
+        data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte holds 0 images"):
+        data.load_mnist_uint8("train", tmp_path)
+
+
+def test_a_gz_that_expands_beyond_its_header_is_refused_without_reading_it_all(tmp_path):
+    # a header declaring 100 images of 28 x 28 (78,400 bytes), then 64 MiB of zeros: 64 KB as .gz
+    import tracemalloc
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (100, 28, 28))
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="over-long data: dims \\(100, 28, 28\\) of uint8 need 78400 bytes "
+                                             "after the header, found 78401"):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak                    # read no more than the header declares plus one byte
+
+
 # ----------------------------------------------------------------------------- bundled MNIST
 def test_mnist_test_split(mnist_test):
     images, labels = mnist_test
@@ -407,6 +446,16 @@ def test_binarize_errors():
         data.binarize(np.zeros(3, dtype=np.uint8), "static")
 
 
+@pytest.mark.parametrize("mode", ["none", "static", "dynamic"])
+@pytest.mark.parametrize("bad, words", [(2.0, "values from 0.0 to 2.0"), (-1.0, "values from -1.0 to 0.5"),
+                                        (np.nan, "NaN")])
+def test_binarize_refuses_pixels_outside_0_1_and_nan(mode, bad, words):
+    x = np.array([[0.0, 0.5, bad]], dtype=np.float32)
+    with pytest.raises(ValueError, match=f"binarize expects pixels in \\[0, 1\\], got {words}; scale them first"):
+        data.binarize(x, mode, np.random.default_rng(0))
+    assert data.binarize(np.array([[0.0, 1.0]]), mode, np.random.default_rng(0)).tolist() == [[0.0, 1.0]]
+
+
 # ----------------------------------------------------------------------------- minibatches
 @FAST
 @given(n=st.integers(0, 300), batch_size=st.integers(1, 64), drop_last=st.booleans(),
@@ -489,6 +538,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = self.files[name]
         self.send_response(200)
+        if self.path.startswith("/flood/"):  # no Content-Length, and 8 MB more than the file
+            self.end_headers()
+            self.wfile.write(body)
+            for _ in range(128):
+                self.wfile.write(bytes(1 << 16))
+            self.close_connection = True
+            return
         if self.path.startswith("/cut/"):  # promise more bytes than are sent, then hang up
             self.send_header("Content-Length", str(len(body) * 2))
             self.end_headers()
@@ -574,6 +630,27 @@ def test_download_cut_short_leaves_nothing(server, tmp_path):
     assert list((tmp_path / "fake").iterdir()) == []
 
 
+def test_a_download_stops_at_the_files_known_size(server, tmp_path, monkeypatch):
+    # the server sends the file and 8 MB more, without a Content-Length
+    url, files, _ = server
+    name = "t10k-labels-idx1-ubyte.gz"
+    written = []
+    real_fdopen = os.fdopen
+
+    def counting_fdopen(fd, *args, **kwargs):     # count the bytes that reach the temporary file
+        f = real_fdopen(fd, *args, **kwargs)
+        write = f.write
+        f.write = lambda chunk: written.append(len(chunk)) or write(chunk)
+        return f
+    monkeypatch.setattr(os, "fdopen", counting_fdopen)
+    with pytest.raises(ValueError, match=f"sends more than the {len(files[name])} bytes of the file"):
+        data.download_dataset("fake", cache_dir=tmp_path, base_url=url + "/flood/", files={name: _sums(files)[name]},
+                              sizes={name: len(files[name])}, timeout=5)
+    assert sum(written) == len(files[name]) + 1                # the file's size, plus the byte that tells
+    assert not list((tmp_path / "fake").iterdir())
+    assert data.DATASETS["mnist"]["sizes"]["t10k-labels-idx1-ubyte.gz"] == 4542    # a registry file's size is known
+
+
 def test_download_http_error(server, tmp_path):
     url, _, _ = server
     with pytest.raises(ConnectionError, match="404"):
@@ -600,3 +677,4 @@ def test_registry_entries_are_complete():
         assert entry["url"].startswith("https://")
         assert sorted(entry["files"]) == sorted(n + ".gz" for pair in data.SPLIT_FILES.values() for n in pair)
         assert all(len(h) == 64 for h in entry["files"].values())
+        assert sorted(entry["sizes"]) == sorted(entry["files"]) and all(n > 0 for n in entry["sizes"].values())

@@ -195,6 +195,28 @@ def _marks(name: str) -> tuple:
 def test_demo_runs_quick_and_writes_its_figures(name, tmp_path, runs_dir):
     stdout = run_demo(name, tmp_path, runs_dir)
     assert "Done in" in stdout
+    # every block of numbers says they come from small models, not the README's full runs
+    assert stdout.count("\n== ") == stdout.count("(--quick: numbers of small models") >= 1, stdout
+    assert "they are not the README's" in stdout
+
+
+def test_quick_never_writes_the_committed_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(C, "QUICK_FIGURES", tmp_path / "quick")
+    monkeypatch.setattr(C, "_quick", False)
+    assert C.parse_args(C.__doc__, ["--quick"]).out == tmp_path / "quick"
+    assert (tmp_path / "quick").is_dir()
+    assert C.parse_args(C.__doc__, []).out == C.FIGURES                # full runs make the README's figures
+    for out in (C.FIGURES, C.FIGURES / "train"):
+        with pytest.raises(SystemExit) as e:
+            C.parse_args(C.__doc__, ["--quick", "--out", str(out)])
+        assert e.value.code == 2 and "--quick would overwrite the README's figures" in capsys.readouterr().err
+
+
+def test_init_comparison_quick_says_its_numbers_are_not_the_readmes(monkeypatch, capsys):
+    import init_comparison
+    monkeypatch.setattr(init_comparison, "run", lambda rule, seed, quick: 30.0)
+    init_comparison.main(["--quick"])
+    assert "these are not the README's numbers" in capsys.readouterr().out
 
 
 def test_demos_reuse_a_trained_run(tmp_path, runs_dir):
