@@ -45,8 +45,8 @@ _quick = False                                  # set by parse_args: heading() t
 # How many training images the nearest-training-image distance searches (for speed).
 NEAREST_SUBSET = {False: 10000, True: 2000}
 
-# The runs the demos share (settings on top of npvae.runs.DEFAULTS, the seed's 784-400-20 VAE).
-VAE_20 = {}                                     # the seed's VAE: 784-400-20, L2 + KL, 10 epochs
+# The runs the demos share (settings on top of npvae.runs.DEFAULTS, the study note's 784-400-20 VAE).
+VAE_20 = {}                                     # the study note's VAE: 784-400-20, L2 + KL, 10 epochs
 AE_20 = {"model": "ae"}                         # the same architecture, trained as a plain autoencoder
 VAE_2 = {"latent": 2}                           # a 2-D latent space, to be drawn
 AE_2 = {"model": "ae", "latent": 2}

@@ -1,6 +1,6 @@
 """Demo 1: autoencoder versus VAE, the same 784-400-20 network trained both ways.
 
-The seed's central claim: a plain autoencoder overfits its embedding. Its decoder has only ever
+The study note's central claim: a plain autoencoder overfits its embedding. Its decoder has only ever
 seen the points its training images map to, so a step away from them, or a random point,
 decodes to nonsense. A VAE trains its decoder on a whole cloud around every point, so the
 neighbourhood of a code, and draws from N(0, I), decode to digits.
@@ -27,7 +27,8 @@ import numpy as np
 import _common as C
 from npvae import plots
 
-# Distances from a training code, in units of the model's own code spread (see `step`).
+# Distances from a training code, in code standard deviations: the standard deviation of the model's
+# training codes in each latent dimension (see `step`).
 DISTANCES = np.array([0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8])
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- growing distances from training codes ------------------------------------------------
     C.heading(f"Decodes at growing distances from {n_starts} training images' codes")
-    print("  distance d in units of each model's own code spread: z + d * std(codes) * u, "
+    print("  distance d in code standard deviations (each model's own): z + d * std(codes) * u, "
           "u a random unit direction (the same u for both models)")
     u = rng.standard_normal((n_starts, vae.latent_dim))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
@@ -171,17 +172,17 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(np.stack([s[k] for s in strips[name]]))
             labels.append(f"{name}, from training\nimage {k} (a {nearest.y[k]})")
     C.wrote(plots.image_rows(rows, args.out / "ae_vs_vae_steps.png", row_labels=labels,
-                             title="Decodes of a training image's code moved d code-spreads along a random "
+                             title="Decodes of a training image's code moved d code standard deviations along a random "
                                    "direction\n(columns: d = " + ", ".join(f"{d:g}" for d in DISTANCES) + ")"))
-    panels = [{"title": "distance of decodes to the training set", "xlabel": "d (code spreads from a training code)",
+    panels = [{"title": "distance of decodes to the training set", "xlabel": "d (code standard deviations from a training code)",
                "ylabel": "mean sq. pixel distance to nearest\ntraining image",
                "series": {name: (DISTANCES, sweep[name]["nearest"]) for name in models},
                "hline": (ref_dist.mean(), "real test digits")},
-              {"title": f"still the starting digit ({judge})", "xlabel": "d (code spreads from a training code)",
+              {"title": f"still the starting digit ({judge})", "xlabel": "d (code standard deviations from a training code)",
                "ylabel": "fraction of decodes", "ylim": (0, 1.02),
                "series": {name: (DISTANCES, sweep[name]["same digit"]) for name in models}}]
     if clf is not None:
-        panels.append({"title": "classifier confidence", "xlabel": "d (code spreads from a training code)",
+        panels.append({"title": "classifier confidence", "xlabel": "d (code standard deviations from a training code)",
                        "ylabel": "mean max softmax probability", "ylim": (0, 1.02),
                        "series": {name: (DISTANCES, sweep[name]["confidence"]) for name in models}})
     C.wrote(plots.line_chart(panels, args.out / "ae_vs_vae_breakdown.png",

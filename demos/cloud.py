@@ -1,6 +1,6 @@
 """Demo 2: the cloud, or the reparameterization trick, seen in a 2-D latent space.
 
-The seed: instead of one point, the VAE's encoder gives each image a cloud, a centre mu and a
+The study note: instead of one point, the VAE's encoder gives each image a cloud, a centre mu and a
 size sigma, and the decoder is fed a random point of it, z = mu + sigma * eps with
 eps ~ N(0, I). The noise forces the decoder to draw the same picture from anywhere in the cloud.
 

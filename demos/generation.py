@@ -1,6 +1,6 @@
 """Demo 6: generation, drawing digits that never existed.
 
-The seed: a trained VAE is general enough to draw new pictures by decoding points it was never
+The study note: a trained VAE is general enough to draw new pictures by decoding points it was never
 given. The KL term made N(0, I) the place where the codes live, so a draw z ~ N(0, I) is a new
 digit. Sampling with a smaller spread, z ~ N(0, T^2 I) for a "temperature" T < 1, stays nearer
 the centre; the usual expectation is cleaner, more typical, less varied digits. We measure it.
@@ -9,7 +9,7 @@ digits: near z = 0 the clouds of many different images overlap, and the decoder 
 average. See the numbers it prints.)
 
 What it draws and measures:
-  generation.png              a 10 x 10 grid of decodes of z ~ N(0, I) (the seed's 20-D VAE)
+  generation.png              a 10 x 10 grid of decodes of z ~ N(0, I) (the study note's 20-D VAE)
   generation_temperature.png  the same draws eps decoded at z = T * eps for several temperatures T
   generation_numbers.png      per temperature: how digit-like and how varied the samples are
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     clf = C.get_classifier(quick)
 
     C.wrote(plots.image_grid(vae.sample(100, rng=rng), args.out / "generation.png", ncols=10,
-                             title="100 new digits: decodes of z ~ N(0, I) from the seed's VAE (784-400-20)"))
+                             title="100 new digits: decodes of z ~ N(0, I) from the study note's VAE (784-400-20)"))
 
     n = 300 if quick else 1000
     eps = rng.standard_normal((n, vae.latent_dim)).astype(np.float32)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                     "series": {"samples": (TEMPERATURES, stats["class_entropy"])},
                     "hline": (real["class_entropy"], "real test digits")}]
     C.wrote(plots.line_chart(panels, args.out / "generation_numbers.png", ncols=2,
-                             title=f"Sampling z ~ N(0, T² I) from the seed's VAE: {n} samples per temperature"))
+                             title=f"Sampling z ~ N(0, T² I) from the study note's VAE: {n} samples per temperature"))
     C.done(args)
 
 

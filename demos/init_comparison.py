@@ -1,4 +1,4 @@
-"""Which initialisation trains the seed's VAE best? PyTorch's default against He and Glorot.
+"""Which initialisation trains the study note's VAE best? PyTorch's default against He and Glorot.
 
     python demos/init_comparison.py              # 2 seeds x 3 initialisations x 10 epochs, about 3 minutes
     python demos/init_comparison.py --quick      # a smoke test in seconds

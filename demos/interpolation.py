@@ -1,6 +1,6 @@
 """Demo 3: interpolation between two test images, linear and spherical, autoencoder and VAE.
 
-The seed: a trained VAE is general enough to draw pictures that never existed, by decoding points
+The study note: a trained VAE is general enough to draw pictures that never existed, by decoding points
 at other coordinates of the space. The simplest such points lie on the path between the codes of
 two images. A straight line (lerp) cuts through the middle of the code cloud, where in many
 dimensions few codes lie (for N(0, I) in 20-D almost all mass is near radius sqrt(20)); a

@@ -1,6 +1,6 @@
 """Demo 4: the latent space, VAE versus autoencoder.
 
-The seed: the KL term pulls every cloud toward N(0, I), so a VAE packs its codes into one round
+The study note: the KL term pulls every cloud toward N(0, I), so a VAE packs its codes into one round
 cloud around the origin, where any point decodes to something; a plain autoencoder puts its
 codes wherever it likes, an irregular spread with empty gaps its decoder never learned.
 

@@ -1,6 +1,6 @@
-"""The main job's figures: what `npvae train` writes for the seed's VAE, kept for the README.
+"""The main job's figures: what `npvae train` writes for the study note's VAE, kept for the README.
 
-`npvae train` (no arguments) trains the seed's VAE, 784-400-20 with the L2 loss plus KL, and draws
+`npvae train` (no arguments) trains the study note's VAE, 784-400-20 with the L2 loss plus KL, and draws
 its standard figures into its run folder. This demo takes the same run (trained once into runs/,
 shared with the other demos) and draws those figures with the same code, npvae.runs.write_figures,
 into <out>/train/: test images and their reconstructions, 100 samples from the prior, linear

@@ -1,6 +1,6 @@
-"""Demo 5: moving between clouds, the seed's last paragraph.
+"""Demo 5: moving between clouds, the study note's last paragraph.
 
-The seed: the data group into clouds that share a property; moving a point from one cloud toward
+The study note: the data group into clouds that share a property; moving a point from one cloud toward
 another changes that property in a targeted way. Two kinds of clouds:
 
 * the digits. Each digit's test images form a cloud in the 2-D VAE's latent space; we take its
@@ -10,7 +10,7 @@ another changes that property in a targeted way. Two kinds of clouds:
   codes of the thickest (most slanted) quarter of the test images form one cloud and the thinnest
   (most upright) quarter another; the difference of their centres is a direction. It is measured
   on digits 0-4 only, then added to the codes of digits 5-9: does it change the attribute and
-  keep the digit? This uses the seed's 20-D VAE (a 2-D space has no room for both).
+  keep the digit? This uses the study note's 20-D VAE (a 2-D space has no room for both).
 
 Figures: moving_clouds.png, moving_decodes.png, moving_switch.png, attribute_thickness.png,
 attribute_slant.png, attribute_measured.png.
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     C.wrote(plots.interpolation_grid(
         np.stack(grids), args.out / "moving_decodes.png", row_labels=labels,
         title="A test image's code (t = 0) moved in a straight line to another digit's centre (t = 1):\n"
-              "the 2-D VAE (the arrows of moving_clouds.png) and the seed's 20-D VAE"))
+              "the 2-D VAE (the arrows of moving_clouds.png) and the study note's 20-D VAE"))
 
     n = 200 if quick else 1000
     C.heading(f"Moving {n} test images toward the centre of a random other digit")

@@ -1,12 +1,12 @@
 """Demo 7: the two losses, and the balance between them.
 
-The seed: the VAE's loss is the sum of two terms that pull in almost opposite directions. The
+The study note: the VAE's loss is the sum of two terms that pull in almost opposite directions. The
 reconstruction term wants each image's cloud tiny (a point, like the autoencoder's), so the
 decoder can be exact; the KL term wants every cloud to be N(0, I), as large as the whole space.
 Weighting the KL term by beta moves the balance: a small beta gives sharp reconstructions and a
 poorly shaped cloud; a large beta a well-shaped cloud and blurry, averaged reconstructions.
 
-What it draws and measures (the seed's 784-400-20 VAE, trained with beta = 0.5, 1 and 4):
+What it draws and measures (the study note's 784-400-20 VAE, trained with beta = 0.5, 1 and 4):
   two_losses.png          the reconstruction and KL terms per epoch (test set), one line per beta
   two_losses_images.png   per beta: reconstructions of the same test images, and samples
 and per beta: the final reconstruction error and KL, the number of latent dimensions in use, and

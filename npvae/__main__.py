@@ -1,6 +1,6 @@
 """The npvae command line: `python -m npvae COMMAND` or `npvae COMMAND`.
 
-    npvae train                      train the seed's VAE on the bundled MNIST and write its figures
+    npvae train                      train the study note's VAE on the bundled MNIST and write its figures
     npvae sample RUN                 a grid of samples from a saved run
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
@@ -42,7 +42,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "(options given as well override it)")
     p.add_argument("--model", choices=CHOICES["model"], help=f"variational or plain autoencoder (default {d['model']})")
     p.add_argument("--likelihood", choices=CHOICES["likelihood"],
-                   help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
+                   help=f"reconstruction loss: the study note's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                    help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
     p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")

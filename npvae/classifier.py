@@ -224,7 +224,7 @@ def get_classifier(progress: bool | TextIO | None = True, spec: ClassifierSpec |
 
     The file lives in <cache_root()>/classifier/ (cache_root() honours $NPVAE_CACHE_DIR). A file
     that is missing, corrupt, or made for another architecture or training recipe is rebuilt
-    (trained again from the seed, deterministically) and replaced. An unwritable cache folder
+    (trained again from its random seed, spec.seed, deterministically) and replaced. An unwritable cache folder
     only costs the retraining next time.
     """
     spec = spec or DEFAULT_CLASSIFIER

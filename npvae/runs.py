@@ -42,8 +42,8 @@ LOCK = ".npvae.lock"
 RUN_FILES = (CHECKPOINT, "config.json", "history.csv", "history.json", "eval.json", "reconstructions.png",
              "samples.png", "interpolation.png", "training_curves.png", "latent.png")
 
-# The seed's model: a VAE with the L2 reconstruction loss plus KL, 784-400-20, ReLU, Adam 1e-3,
-# batch 128, 10 epochs, on the bundled MNIST.
+# The study note's model (the note npvae started from: a VAE with the L2 loss plus KL): 784-400-20,
+# ReLU, Adam 1e-3, batch 128, 10 epochs, on the bundled MNIST.
 DEFAULTS: dict = {
     "model": "vae", "likelihood": "l2", "hidden": [400], "latent": 20, "activation": "relu",
     "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
@@ -449,7 +449,7 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
         figures.append(("interpolation.png", lambda: figure_interpolate(model, x_test, out)))
     figures.append(("training_curves.png", lambda: plots.training_curves(
         history, out / "training_curves.png", likelihood=model.likelihood,
-        title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")))
+        title=curves_title(model))))
     if model.latent_dim == 2:
         figures.append(("latent.png", lambda: plots.latent_scatter(
             _codes(model, x_test), y_test, out / "latent.png", title="Test set in latent space, coloured by digit")))
@@ -474,6 +474,26 @@ def require_matplotlib() -> None:
     except ImportError:
         raise ImportError("figures need matplotlib: pip install 'npvae[plot]', or pass --no-figures to train "
                           "without them") from None
+
+
+LOSS_NAMES = {"l2": "L2 loss", "bernoulli": "Bernoulli loss"}
+
+
+def curves_title(model) -> str:
+    """The training figure's title, e.g. "VAE, L2 loss: reconstruction and KL per epoch" (spelled
+    out: "VAE (l2)" reads like "VAE (12)")."""
+    what = "reconstruction and KL per epoch" if isinstance(model, VAE) else "the loss per epoch"
+    return f"{type(model).__name__}, {LOSS_NAMES.get(model.likelihood, model.likelihood)}: {what}"
+
+
+def epochs_trained(first: int, last: int) -> str:
+    """How `npvae train` names the epochs it trained: "1 epoch", "10 epochs", "epoch 5",
+    "epochs 5-8" (a resumed run), or "no more epochs"."""
+    if first > last:
+        return "no more epochs"
+    if first == 1:
+        return f"{last} epoch" + ("s" if last != 1 else "")
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def as_float(images: np.ndarray) -> np.ndarray:
@@ -574,8 +594,7 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
         stream.write(f"\n{why}. The checkpoint of epoch {kept.epoch} is in {ckpt_path}.\n"
                      f"Resume with: {resume_command(out, cfg['epochs'])}\n")
         raise
-    trained = (f"{cfg['epochs']} epochs" if first == 1 else
-               f"epochs {first}-{cfg['epochs']}" if first <= cfg["epochs"] else "no more epochs")
+    trained = epochs_trained(first, cfg["epochs"])
     stream.write(f"Trained {trained} in {time.perf_counter() - start:.1f} s.\n")
     if figures:
         paths = write_figures(model, history, x_test, y_test, out, seed=cfg["seed"], stream=stream)
