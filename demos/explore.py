@@ -1,4 +1,4 @@
-"""The explore page (`npvae explore RUN`) of the seed's VAE, and a screenshot of it for the README.
+"""The explore page (`npvae explore RUN`) of the study note's VAE, and a screenshot of it for the README.
 
 The page is written for the shared 784-400-20 run (trained once into runs/) with the same code as
 `npvae explore`, npvae.explore.render(page_data(...)), into a temporary folder, and photographed
