@@ -33,7 +33,7 @@ if importlib.util.find_spec("npvae") is None:   # the demos run from a checkout 
     sys.path.insert(0, str(REPO))
 
 from npvae.checkpoint import CheckpointError  # noqa: E402
-from npvae.data import load_mnist_uint8, to_float  # noqa: E402
+from npvae.data import in_batches, load_mnist_uint8, to_float  # noqa: E402
 from npvae.models import VAE  # noqa: E402
 from npvae.runs import CHECKPOINT, DEFAULTS, load_run, run_name, train_run  # noqa: E402
 
@@ -129,7 +129,7 @@ def get_run(overrides: dict, runs_dir: str | Path, quick: bool) -> tuple:
         print(f"reusing trained run {_show(out)} ({note} epochs)", flush=True)
     elif state == "short":
         print(f"resuming run {_show(out)} from epoch {note} to {cfg['epochs']}", flush=True)
-        train_run({**cfg, "_given": ["epochs"]}, out, resume=True, figures=False, stream=sys.stdout)
+        train_run(cfg, out, resume=True, figures=False, stream=sys.stdout, given=["epochs"])
     else:
         print(f"training run {_show(out)} (no trained run with these settings yet)", flush=True)
         train_run(cfg, out, overwrite=True, figures=False, stream=sys.stdout)
@@ -192,7 +192,7 @@ def codes_of(model, x: np.ndarray) -> np.ndarray:
 
 def decode(model, z: np.ndarray, batch: int = 2000) -> np.ndarray:
     """Decode codes (N, Z) in batches. Returns (N, 784) images in (0, 1)."""
-    return np.concatenate([model.decode(z[i:i + batch]) for i in range(0, len(z), batch)])
+    return in_batches(model.decode, z, batch)
 
 
 def recon_error(model, x: np.ndarray) -> float:

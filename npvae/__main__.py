@@ -36,7 +36,7 @@ def _raise_terminated(signum, frame):
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    # Every default is None here, so that we can tell which options were given (see _given).
+    # Every default is None here, so that we can tell which options were given (see _train).
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
                         "(options given as well override it)")
@@ -110,9 +110,10 @@ def _train(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset] if args.preset else {}
     if args.preset:
         given["preset"] = args.preset
-    cfg = {**DEFAULTS, **preset, **given, "_given": sorted(given)}
+    cfg = {**DEFAULTS, **preset, **given}
     try:
-        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures)
+        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures,
+                  given=sorted(given))
     except KeyboardInterrupt as e:
         return _interrupted_status(e)
     except (TrainingDiverged, CheckpointError, FileExistsError, RunInUse, ValueError, ImportError) as e:
@@ -135,6 +136,7 @@ def _figure(args: argparse.Namespace) -> int:
 
     from . import runs
     from .checkpoint import CheckpointError
+    from .data import as_float
     try:
         model, ckpt = runs.load_run(args.run)
         cfg = {**DEFAULTS, **ckpt.config}
@@ -150,7 +152,7 @@ def _figure(args: argparse.Namespace) -> int:
             path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
         else:
             _, x_test, _ = runs.load_data(cfg)
-            x_test = runs.as_float(x_test)
+            x_test = as_float(x_test)
             if args.command == "reconstruct":
                 path = runs.figure_reconstruct(model, x_test, out)
             else:

@@ -24,7 +24,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write", "atomic_write_text"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "check_architecture", "atomic_write",
+           "atomic_write_text"]
 
 FORMAT = "npvae-checkpoint"
 VERSION = 1
@@ -211,8 +212,8 @@ def _parse_meta(path: Path, meta: np.ndarray | None) -> dict:
     return info
 
 
-def _check_architecture(path: Path, params: dict[str, np.ndarray],
-                        expected: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+def check_architecture(path: Path, params: dict[str, np.ndarray],
+                       expected: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
     """Refuse parameters whose names, shapes or dtypes differ from what the model expects."""
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
@@ -256,6 +257,6 @@ def load_checkpoint(path: str | os.PathLike, *,
         else:
             raise _error(path, f"unexpected member {name!r} (expected param/..., optim/... or meta)")
     if expected_params is not None:
-        _check_architecture(path, params, expected_params)
+        check_architecture(path, params, expected_params)
     return Checkpoint(params=params, optimizer_state=optimizer_state, rng_state=info["rng_state"],
                       epoch=info["epoch"], history=info["history"], config=info["config"])

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import losses
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .data import cache_root, load_mnist_uint8
+from .data import as_float, cache_root, in_batches, load_mnist_uint8
 from .fast import FusedAdam, SequentialTwin
 from .layers import Sequential, mlp
 from .optim import Adam
@@ -73,14 +73,11 @@ class Classifier:
         return self.info.get("test_accuracy")
 
     def logits(self, x: Array, batch_size: int = 2000) -> Array:
-        x = np.asarray(x)
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255
+        x = as_float(x)
         if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
             raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
         x = x.astype(np.float32, copy=False)
-        return np.concatenate([self.net.forward(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]) \
-            if len(x) else np.empty((0, self.spec.sizes[-1]), np.float32)
+        return in_batches(self.net.forward, x, batch_size) if len(x) else np.empty((0, self.spec.sizes[-1]), np.float32)
 
     def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
         """Softmax probabilities, (N, 10) float64, rows summing to 1."""

@@ -324,6 +324,20 @@ def to_float(images_uint8: np.ndarray, dtype: np.dtype | type = np.float32) -> n
     return out
 
 
+def as_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1] (`to_float`); floating-point images unchanged."""
+    images = np.asarray(images)
+    return to_float(images) if images.dtype == np.uint8 else images
+
+
+def in_batches(fn, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """np.concatenate([fn(x[s:s + batch_size]) for each batch]): a model (or any fn) run over
+    data `batch_size` rows at a time, so that no intermediate array is of the whole data's size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return np.concatenate([fn(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
 def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
                verify: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load one split: images float32 (N, 784) in [0, 1] (pixel / 255), labels int64 (N,).

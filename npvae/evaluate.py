@@ -64,7 +64,7 @@ import numpy as np
 from . import losses
 from .checkpoint import atomic_write_text
 from .classifier import Classifier, get_classifier
-from .data import binarize, load_mnist_uint8, to_float
+from .data import binarize, in_batches, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
 from .progress import Ticker, progress_stream
@@ -284,8 +284,7 @@ def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOL
 
 def reconstructions(model: Model, x: Array, batch_size: int = 1000) -> Array:
     """decode(mu) for a VAE, decode(z) for an autoencoder. (N, D) in (0, 1)."""
-    x = model.check_x(x)
-    return np.concatenate([model.decode(model.codes(x[s:s + batch_size])) for s in range(0, len(x), batch_size)])
+    return in_batches(lambda batch: model.decode(model.codes(batch)), model.check_x(x), batch_size)
 
 
 def reconstruction_accuracy(model: Model, classifier: Classifier, x: Array, y: Array, batch_size: int = 1000) -> float:
@@ -414,8 +413,7 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
             notes.append("Bernoulli likelihood on binary pixels: nll_iwae is the standard MNIST NLL in nats")
     else:
         per_image = losses.RECONSTRUCTION_PER_EXAMPLE[model.likelihood]
-        recon = float(np.mean(np.concatenate([per_image(model.decode_logits(model.encode(x[s:s + 1000])), x[s:s + 1000])
-                                              for s in range(0, len(x), 1000)])))
+        recon = float(np.mean(in_batches(lambda batch: per_image(model.decode_logits(model.encode(batch)), batch), x)))
         res.update(neg_elbo=None, recon=recon, kl=None, recon_at_mu=None, nll_iwae=None, iwae_k=None,
                    active_units=None, latent_dim=model.latent_dim)
         notes.append("autoencoder: no encoder distribution and no prior, so the ELBO, the IWAE "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import as_float
 from . import runs
 from .checkpoint import CheckpointError
 from .evaluate import ACTIVE_UNIT_THRESHOLD, active_units
@@ -64,7 +65,7 @@ def page_data(model, images: np.ndarray, labels: np.ndarray, name: str = "", n_s
     units; the first n_shown images travel with the page as dots.
     """
     cfg = model.config()
-    x = runs.as_float(images)
+    x = as_float(images)
     pixels = images if images.dtype == np.uint8 else np.round(255 * x).astype(np.uint8)
     codes = model.codes(x).astype(np.float64)                          # (N, Z)
     labels = np.asarray(labels).astype(int)

@@ -29,8 +29,9 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .data import load_mnist_uint8, to_float
+from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, check_architecture, load_checkpoint,
+                         save_checkpoint)
+from .data import as_float, in_batches, load_mnist_uint8
 from .models import VAE, Autoencoder, build_model
 from . import fast
 from .progress import Progress
@@ -382,8 +383,7 @@ def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
     check_run_metadata(path, ckpt)
     cfg = {**DEFAULTS, **ckpt.config}
     model = build_model(model_config(cfg), rng=cfg["seed"])
-    expected = {k: (v.shape, v.dtype) for k, v in model.params.items()}
-    ckpt = load_checkpoint(path, expected_params=expected)     # checks names, shapes and dtypes
+    check_architecture(path, ckpt.params, {k: (v.shape, v.dtype) for k, v in model.params.items()})
     name = _not_finite(ckpt.params)
     if name:
         raise CheckpointError(f"{path}: parameter {name} holds NaN or inf: the run diverged and its model "
@@ -399,11 +399,10 @@ def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
 # --------------------------------------------------------------------------------------------
 
 
-def _codes(model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def _codes(model, images: np.ndarray) -> np.ndarray:
     """The point in latent space of each image (uint8 or float): mu for a VAE, z for an AE. (N, Z)."""
     # uint8 images are converted a batch at a time, not all at once (31 MB for the test set)
-    return np.concatenate([model.codes(as_float(images[s:s + batch_size]))
-                           for s in range(0, len(images), batch_size)])
+    return in_batches(lambda batch: model.codes(as_float(batch)), images)
 
 
 def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12) -> Path:
@@ -496,21 +495,18 @@ def epochs_trained(first: int, last: int) -> str:
     return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
-def as_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels as float32 in [0, 1]; floats unchanged."""
-    return to_float(images) if images.dtype == np.uint8 else images
-
-
 # --------------------------------------------------------------------------------------------
 # `npvae train`
 # --------------------------------------------------------------------------------------------
 
 
 def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-              figures: bool = True, stream: TextIO | None = None) -> Path:
+              figures: bool = True, stream: TextIO | None = None, given: tuple[str, ...] | list[str] = ()) -> Path:
     """Train a run from its settings, writing everything into `out` (default runs/<name>).
 
-    With resume=True, continue the run in `out` from its checkpoint up to cfg["epochs"] epochs.
+    With resume=True, continue the run in `out` from its checkpoint up to cfg["epochs"] epochs;
+    `given` names the settings the user gave (the command line's options): on resume, those of
+    CHANGEABLE_ON_RESUME replace the run's own, and any other that differs from the run's is refused.
     The folder is locked while training (see `locked`), and settings, data and matplotlib (unless
     figures=False) are checked before anything is written. Raises TrainingDiverged, CheckpointError,
     RunInUse, FileExistsError (a run or other files in the way), ValueError, ImportError or OSError.
@@ -525,7 +521,8 @@ def train_run(cfg: dict, out: str | Path | None = None, *, resume: bool = False,
         require_matplotlib()
     out = Path(out) if out is not None else Path("runs") / run_name(cfg)
     with locked(out):
-        return _train_locked(cfg, out, resume=resume, overwrite=overwrite, figures=figures, stream=stream)
+        return _train_locked(cfg, out, resume=resume, overwrite=overwrite, figures=figures, stream=stream,
+                             given=tuple(given))
 
 
 def resume_command(out: Path, epochs: int) -> str:
@@ -533,7 +530,8 @@ def resume_command(out: Path, epochs: int) -> str:
     return shlex.join(["npvae", "train", "--out", str(out), "--resume", "--epochs", str(epochs)])
 
 
-def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figures: bool, stream: TextIO) -> Path:
+def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figures: bool, stream: TextIO,
+                  given: tuple[str, ...]) -> Path:
     """train_run's work, while it holds the folder's lock."""
     ckpt_path = out / CHECKPOINT
     seeds = np.random.SeedSequence(cfg["seed"]).spawn(2)
@@ -542,7 +540,6 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
         saved = {**DEFAULTS, **ckpt.config}
         if saved["data_dir"]:      # runs written before data_dir was stored resolved
             saved["data_dir"] = _absolute(saved["data_dir"])
-        given = cfg.get("_given", ())
         differ = [k for k in given if k not in CHANGEABLE_ON_RESUME and cfg[k] != saved[k]]
         if differ:
             raise ValueError(f"cannot resume {out} with different settings: "
@@ -563,7 +560,6 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
         optimizer = make_run_optimizer(cfg, model)
         data_rng = np.random.default_rng(seeds[1])
         history = []
-    cfg.pop("_given", None)
     x_train, x_test, y_test = load_data(cfg)
     model.check_data(x_train, "the training images")    # before anything is written
     model.check_data(x_test, "the test images")
@@ -576,7 +572,7 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
     if not history:
         save(history)     # epoch 0: even a run interrupted in its first epoch can be resumed
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
-    stream.write(f"Training {type(model).__name__} {784}-{'-'.join(map(str, cfg['hidden']))}-{cfg['latent']} "
+    stream.write(f"Training {type(model).__name__} {model.input_dim}-{'-'.join(map(str, cfg['hidden']))}-{cfg['latent']} "
                  f"({cfg['likelihood']} likelihood, {model.num_params:,} parameters) on {len(x_train):,} images, "
                  f"testing on {len(x_test):,}; run folder {out}\n")
     start, first = time.perf_counter(), len(history) + 1
