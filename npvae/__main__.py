@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -111,6 +112,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.preset:
         given["preset"] = args.preset
     cfg = {**DEFAULTS, **preset, **given}
+    if THREADS is not None and "threads" not in given:     # recorded: a resume uses them again
+        cfg["threads"] = int(os.environ["OPENBLAS_NUM_THREADS"])
     try:
         train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, figures=not args.no_figures,
                   given=sorted(given))

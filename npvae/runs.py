@@ -50,6 +50,7 @@ DEFAULTS: dict = {
     "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
     "clip": None, "seed": 0, "dtype": "float32", "data_dir": None, "binarize": "none",
     "train_size": None, "test_size": None, "schedule": "constant", "adam_eps": 1e-8, "preset": None,
+    "threads": None,    # the BLAS threads it trained with (they change the matrix products' rounding)
 }
 
 # Named settings. "iwae-mnist" is the one-stochastic-layer VAE of Burda, Grosse and
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict] = {
 }
 # Settings a resumed run may change: the epoch to train up to, and the remedies for a diverging
 # run (a lower learning rate, gradient clipping). Every other setting must match the run's.
-CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip")
+CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip", "threads")
 # The settings that take one of a few names: the command line's choices, and what a checkpoint may hold.
 CHOICES: dict[str, tuple] = {
     "model": ("vae", "ae"), "likelihood": ("l2", "bernoulli"),
@@ -133,6 +134,7 @@ _SETTING_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "train_size": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
     "test_size": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
     "adam_eps": ("a finite number > 0", lambda v: _finite(v, 0, strict=True)),
+    "threads": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
 }
 
 

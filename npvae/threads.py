@@ -18,6 +18,7 @@ runs as NumPy loads by default, with the fast path on one thread.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -53,6 +54,21 @@ def threads_option(argv: list[str]) -> int | None:
     return None
 
 
+def _run_threads(argv: list[str]) -> int | None:
+    """The thread count recorded in the config.json of the run that `--out DIR` names, if any.
+
+    A matrix product sums in another order on another number of threads, so a run resumed on
+    other threads is not bit for bit the run trained in one go."""
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"),
+               next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None))
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            value = json.load(f).get("threads")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
 def configure(argv: list[str], environ=os.environ) -> str:
     """Set the thread variables for this process (see the module docstring); return one line
     saying what was chosen and why, for the command's first line of output."""
@@ -60,6 +76,8 @@ def configure(argv: list[str], environ=os.environ) -> str:
     asked = threads_option(argv)
     if asked is not None:
         n, why = asked, "--threads"
+    elif "--resume" in argv and _run_threads(argv) is not None:
+        n, why = _run_threads(argv), "the run's own, so that it resumes bit for bit"
     elif "OPENBLAS_NUM_THREADS" in environ:
         try:
             n, why = max(1, int(environ["OPENBLAS_NUM_THREADS"])), "OPENBLAS_NUM_THREADS"

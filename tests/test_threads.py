@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_the_command_line_says_what_it_chose_on_its_first_line(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("Threads: 1 (--threads")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == 1   # for a bitwise resume
 
 
 def test_the_pool_splits_the_range_and_every_part_runs_once():
@@ -97,3 +99,16 @@ def test_a_thread_count_gives_the_same_run_bit_for_bit_every_time(monkeypatch):
     np.testing.assert_array_equal(two_a, two_b)
     # the pool's threads change nothing: only the BLAS thread count can (matrix products' sums)
     np.testing.assert_array_equal(_fit_params(1, monkeypatch), two_a)
+
+
+def test_a_resume_takes_the_threads_the_run_was_trained_with(tmp_path):
+    (tmp_path / "config.json").write_text('{"threads": 2, "epochs": 4}')
+    env: dict = {}
+    assert threads.configure(["train", "--out", str(tmp_path), "--resume", "--epochs", "8"], env).startswith(
+        "2 (the run's own")
+    assert env["OPENBLAS_NUM_THREADS"] == "2"
+    env = {}
+    assert threads.configure(["train", "--out", str(tmp_path), "--resume", "--threads", "1"], env).startswith("1 (--threads")
+    (tmp_path / "config.json").write_text('{"threads": null}')        # a run from before: the free cores
+    assert threads._run_threads(["train", "--out", str(tmp_path), "--resume"]) is None
+    assert threads._run_threads(["train", "--resume"]) is None
