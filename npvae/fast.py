@@ -342,7 +342,9 @@ class _ModelTwin:
     """What both model twins share: the packed parameters and the flat gradient buffer."""
 
     def __init__(self, model, parts: dict[str, layers.Layer]) -> None:
-        self.model = model
+        # A weak reference: `twin` remembers each model's twin in a WeakKeyDictionary, whose
+        # entries would never go (nor their buffers) if the twin held on to its model.
+        self._model = weakref.ref(model)
         self.flat_params = pack_layers(model.layers, model.params)
         self.params = model.params
         self.stacks = {name: _Stack(part) if isinstance(part, layers.Sequential) else _layer_twin(part)
@@ -350,6 +352,10 @@ class _ModelTwin:
         twins = [t for stack in self.stacks.values() for t in (stack.layers if isinstance(stack, _Stack) else [stack])]
         self.flat_grads, self.grads = _flat_grads(model.layers, model.params, twins)
         self.buffers: dict[str, Array] = {}
+
+    @property
+    def model(self):
+        return self._model()
 
     def _recon(self, logits: Array, x: Array) -> tuple[float, Array]:
         return RECONSTRUCTION[self.model.likelihood](logits, x, self.buffers)
