@@ -69,8 +69,9 @@ import numpy as np
 from .data import load_mnist_uint8, minibatch_indices
 from .models import VAE
 from .optim import Adam
-from .runs import nonnegative_int, positive_int
+from .runs import positive_int
 from .train import fit, to_batch
+from .runs import nonnegative_int
 
 EPOCH_IMAGES = 60_000                      # per-epoch figures are for the full MNIST training set
 SCALING_HIDDEN = (200, 400, 800, 1600)     # at batch 128
@@ -393,7 +394,11 @@ class PytorchProcess:
         self.proc = subprocess.Popen(_python_call("pytorch_worker", spec), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._errors, env=_child_env(spec["threads"]),
                                      text=True)
-        self.info = self._read()
+        try:
+            self.info = self._read()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -613,16 +618,19 @@ def _blas_from_numpy_config() -> list[dict]:
              "build_configuration": blas.get("openblas configuration"), "source": "numpy.show_config"}]
 
 
-def cpu_description() -> dict:
+def cpu_description(cpuinfo: str | None = None) -> dict:
     """The processor, as lscpu names it: model (e.g. "Intel(R) Xeon(R) Platinum 8488C"), vendor,
     family / model / stepping numbers (which tell processor generations apart when a virtual
-    machine shows only "AMD EPYC"), and the SIMD flags that matter for NumPy and BLAS kernels."""
+    machine shows only "AMD EPYC"), and the SIMD flags that matter for NumPy and BLAS kernels.
+    cpuinfo: the text of /proc/cpuinfo (default: read it, where there is one)."""
     info: dict = {"model": platform.processor() or platform.machine(), "vendor": None, "family": None,
                   "model_number": None, "stepping": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
     first: dict[str, str] = {}                    # the first processor's fields
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -1052,7 +1060,8 @@ def _scaling_title(rows: list[dict]) -> str:
     wrong = sorted({(r["threads"], tuple(r["blas_threads"])) for r in rows
                     if r.get("blas_threads") and r["blas_threads"] != [r["threads"]]})
     if wrong:
-        line += " but the BLAS reported " + "; ".join(f"{b} for {t}" for t, b in wrong)
+        line += " but the BLAS reported " + "; ".join(f"{', '.join(map(str, b))} threads in the {t}-thread process"
+                                                      for t, b in wrong)
     return line
 
 
