@@ -435,10 +435,10 @@ class PytorchProcess:
 
 
 # A pure-Python spin loop: one core's worth of work, as another program would take. It ends by
-# itself after argv[1] seconds, or as soon as the bench's process is gone (its parent changes).
+# itself after argv[1] seconds, or as soon as the bench's process (argv[2]) is no longer its parent.
 BUSY_LOOP = """\
 import os, sys, time
-parent, end = os.getppid(), time.monotonic() + float(sys.argv[1])
+end, parent = time.monotonic() + float(sys.argv[1]), int(sys.argv[2])
 while time.monotonic() < end and os.getppid() == parent:
     pass
 """
@@ -454,7 +454,7 @@ def busy_process(max_seconds: float):
     stopped when the block ends, also on an exception; and after max_seconds it stops by itself.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(max_seconds)])
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(max_seconds), str(os.getpid())])
     busy = {"pid": proc.pid, "max_seconds": max_seconds}
     try:
         yield busy
@@ -481,9 +481,11 @@ def thread_counts(cores: int) -> list[int]:
     return counts
 
 
-def scaling_configs() -> list[tuple[int, int]]:
-    """(hidden, batch) of the scaling table's rows: the hidden sizes at batch 128, then the batch sizes."""
-    return [(h, 128) for h in SCALING_HIDDEN] + [(400, b) for b in SCALING_BATCH if b != 128]
+def scaling_configs(quick: bool = False) -> list[tuple[int, int]]:
+    """(hidden, batch) of the scaling table's rows: the hidden sizes at batch 128, then the batch
+    sizes; with quick=True (--quick, a smoke test), the two smallest configurations only."""
+    configs = [(h, 128) for h in SCALING_HIDDEN] + [(400, b) for b in SCALING_BATCH if b != 128]
+    return configs[:1] + configs[4:5] if quick else configs
 
 
 def scaling_worker(spec_json: str) -> None:
@@ -494,7 +496,7 @@ def scaling_worker(spec_json: str) -> None:
     n, latent = spec["images"], spec["latent"]
     blas_threads = sorted({b["num_threads"] for b in blas_info() if b.get("num_threads") is not None})
     rows = []
-    for h, b in scaling_configs():
+    for h, b in scaling_configs(spec["quick"]):
         r = NpvaeRun(x_all[:n], [h], latent, b, spec["seed"])
         r.epoch(x_all[:min(n, 4 * b)])                          # warm-up: allocate, load
         seconds = r.epoch() * EPOCH_IMAGES / n
@@ -507,14 +509,16 @@ def scaling_worker(spec_json: str) -> None:
     reply.write(json.dumps(rows) + "\n")
 
 
-def scaling_rows(threads: list[int], images: int, latent: int, seed: int, min_seconds: float, say=print) -> list[dict]:
-    """The scaling table: every configuration of scaling_configs() with each thread count, each
+def scaling_rows(threads: list[int], images: int, latent: int, seed: int, min_seconds: float, quick: bool = False,
+                 say=print) -> list[dict]:
+    """The scaling table: every configuration of scaling_configs(quick) with each thread count, each
     thread count in a process of its own started with the thread variables set (the one way to
     set a BLAS's threads before it loads). Rows in the order of the configurations, then threads."""
     rows = []
     for t in threads:
-        say(f"scaling: {t} thread{'s' * (t != 1)}, {len(scaling_configs())} configurations ...")
-        spec = {"threads": t, "images": images, "latent": latent, "seed": seed, "min_seconds": min_seconds}
+        say(f"scaling: {t} thread{'s' * (t != 1)}, {len(scaling_configs(quick))} configurations ...")
+        spec = {"threads": t, "images": images, "latent": latent, "seed": seed, "min_seconds": min_seconds,
+                "quick": quick}
         done = subprocess.run(_python_call("scaling_worker", spec), env=_child_env(t), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the scaling process with {t} threads failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -697,7 +701,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per configuration of the scaling table (default 12,000)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test in seconds: few images, one warm-up, one timed and one busy epoch, "
-                             "short matmul timings")
+                             "short matmul timings, two scaling configurations")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip PyTorch even if it is installed (it runs in a process of its own, its epochs "
                              "alternating with npvae's: in one process each library's threads would slow the other)")
@@ -903,7 +907,7 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
     if not args.no_scaling:
         results["scaling"] = scaling_rows(thread_counts(_available_cores()),
                                           min(x_all.shape[0], 512 if quick else args.scaling_images),
-                                          latent, args.seed, min_seconds, say)
+                                          latent, args.seed, min_seconds, quick, say)
 
     results["memory"]["bench_peak_rss_mb_final"] = peak_rss_mb()
     results["settings"]["load_average_at_end"] = os.getloadavg()[0]

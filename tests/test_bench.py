@@ -219,18 +219,21 @@ def test_quick_bench_json_has_every_part(quick_results):
     assert not _running(p["pid"])                         # stopped when the busy epochs ended
 
     rows = r["scaling"]
-    configs = [(200, 128), (400, 128), (800, 128), (1600, 128), (400, 32), (400, 512)]
     threads = bench.thread_counts(m["cores_available"])
-    # every configuration with every thread count, in that order
+    # every configuration (--quick: the two smallest) with every thread count, in that order
     assert [(row["hidden"], row["batch_size"], row["threads"]) for row in rows] == [
-        (h, b, t) for h, b in configs for t in threads]
+        (h, b, t) for h, b in [(200, 128), (400, 32)] for t in threads]
     for row in rows:
         assert row["seconds_per_epoch"] > 0 and row["floor_seconds_per_epoch"] > 0
         assert row["fraction_of_floor"] == pytest.approx(row["floor_seconds_per_epoch"] / row["seconds_per_epoch"])
         # each row's process was started with its thread count, and its BLAS says so (where it can be asked)
         assert row["blas_threads"] in ([], [row["threads"]]), row
-    by_hidden = {row["hidden"]: row["gflops_per_epoch"] for row in rows if row["batch_size"] == 128}
-    assert by_hidden[200] < by_hidden[400] < by_hidden[800] < by_hidden[1600]
+    assert [round(row["gflops_per_epoch"]) for row in rows] == [98] * len(threads) + [197] * len(threads)
+
+
+def test_scaling_configurations():
+    assert bench.scaling_configs() == [(200, 128), (400, 128), (800, 128), (1600, 128), (400, 32), (400, 512)]
+    assert bench.scaling_configs(quick=True) == [(200, 128), (400, 32)]
 
 
 def test_idle_blas_cpu_is_one_core_with_one_blas_thread():
@@ -378,11 +381,13 @@ def test_no_torch_option_skips_with_a_note(tmp_path, monkeypatch):
     one_thread_environment(monkeypatch)
     path = tmp_path / "b.json"
     args = ["--quick", "--threads", "1", "--images", "256", "--no-torch", "--no-scaling", "--no-train-memory",
-            "--json", str(path)]
+            "--no-busy", "--json", str(path)]
     assert bench.run(parse(args)) == 0
     r = json.loads(path.read_text())
     assert r["pytorch"] == {"available": False, "note": "PyTorch: skipped (--no-torch)"}
     assert r["scaling"] == [] and "train_peak_rss_mb" not in r["memory"]
+    assert r["busy"] == {"measured": False, "note": "busy machine: skipped (--no-busy)"}
+    assert r["settings"]["busy_epochs"] == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,8 +509,8 @@ def test_the_busy_process_is_bounded_in_time():
 
 def test_the_busy_loop_ends_when_its_parent_is_gone():
     # A process starts the busy loop (bounded at 60 s) and exits at once: the loop sees its parent change.
-    code = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', sys.argv[1], '60'], "
-            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    code = ("import os, subprocess, sys; print(subprocess.Popen([sys.executable, '-c', sys.argv[1], '60', "
+            "str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
     pid = int(subprocess.run([sys.executable, "-c", code, bench.BUSY_LOOP], capture_output=True, text=True,
                              check=True).stdout)
     deadline = time.monotonic() + 20
