@@ -19,9 +19,9 @@ What it measures, with one thread count for everything but the scaling table:
   batch as npvae does. Its epochs alternate with npvae's, one each in turn, so that a pair sees
   the same machine; the ratio npvae / PyTorch is the median of the pairs' ratios. Its own
   process, because in one process each library's threads and settings reach the other: PyTorch
-  starts its own OpenMP thread pool (whose idle threads spin on the cores NumPy's work needs)
-  and its own BLAS, and any library that sets the processor's flush-to-zero mode would hide
-  npvae's subnormal slow-down from the bench but not from `npvae train`.
+  brings its own OpenMP thread pool (whose idle threads may spin for a while on the cores that
+  NumPy's work needs) and its own BLAS, and a library that set the processor's flush-to-zero
+  mode would hide npvae's subnormal slow-down from the bench but not from `npvae train`.
 - a busy machine: more epochs of both, alternating as above, with one other busy process beside
   them (a pure-Python spin loop in a child process, started and always stopped by the bench,
   and bounded in time), against their quiet epochs.
@@ -39,7 +39,7 @@ What it measures, with one thread count for everything but the scaling table:
   OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS set: NumPy's BLAS reads them when
   it loads, the one way that works with every BLAS, threadpoolctl or not.
 
-    npvae bench                      # about five minutes on 2 cores; writes bench.json
+    npvae bench                      # a few minutes on 2 cores; writes bench.json
     npvae bench --quick --json x.json
     python -m npvae.bench --threads 1 --warmup 4 --epochs 8
 """
@@ -339,9 +339,10 @@ def _child_env(threads: int) -> dict[str, str]:
 
 
 def _python_call(function: str, spec: dict) -> list[str]:
-    """The command that runs `npvae.bench.FUNCTION(spec)` in a new Python process."""
-    return [sys.executable, "-c", f"import sys; from npvae.bench import {function}; {function}(sys.argv[1])",
-            json.dumps(spec)]
+    """The command that runs this npvae's `npvae.bench.FUNCTION(spec)` in a new Python process
+    (this npvae first on its path, before any other in the working directory)."""
+    code = f"import sys; sys.path.insert(0, sys.argv[2]); from npvae.bench import {function}; {function}(sys.argv[1])"
+    return [sys.executable, "-c", code, json.dumps(spec), str(Path(__file__).resolve().parents[1])]
 
 
 def _reply_channel():
@@ -831,6 +832,7 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
         results["memory"]["bench_peak_rss_mb_npvae"] = peak_rss_mb()
         npvae_loss = npvae_run.history[-1]["train_loss"]
         state = npvae_run.optimizer.state_dict()
+        params_subnormals = sum(count_subnormals(npvae_run.model.params).values())
 
         # 3. The busy machine: more epochs of each in turn, one busy process beside them. Its
         # time bound is generous (five times the quiet epochs); the report says if it ran out.
@@ -865,7 +867,7 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
                                        "optimizer_state": npvae_subnormals[-1],
                                        "total": sum(npvae_subnormals[-1].values()),
                                        "state_entries": _state_entries(state),
-                                       "params": sum(count_subnormals(npvae_run.model.params).values())}}
+                                       "params": params_subnormals}}
     if torch_process is not None:
         # The ratio is the median of the epochs' ratios: each npvae epoch runs right before a
         # PyTorch epoch, so a pair sees the same machine, and a slow spell shared by both cancels.

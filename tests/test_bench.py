@@ -647,3 +647,15 @@ def test_threads_line_flags_a_blas_that_did_not_take_the_thread_count():
     pt = {"available": True, "threads": 1, "interop_threads": 2}
     assert bench._threads_line(s, m, pt) == ("threads: NumPy's BLAS 1 (set by environment); PyTorch 1 (intra-op; "
                                               "2 inter-op), in a process of its own")
+
+
+def test_child_processes_run_this_npvae_from_any_working_directory(tmp_path):
+    # A folder named npvae in the working directory is not the one the workers import.
+    (tmp_path / "npvae").mkdir()
+    (tmp_path / "npvae" / "__init__.py").write_text("raise ImportError('the wrong npvae')\n")
+    cmd = bench._python_call("thread_counts", {})
+    setup = cmd[2].split("; from npvae.bench")[0]               # the worker's start, without its call
+    code = setup + "; import npvae.bench; print(npvae.bench.__file__)"
+    out = subprocess.run([sys.executable, "-c", code, *cmd[3:]], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(Path(bench.__file__).resolve())
