@@ -705,7 +705,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "short matmul timings, two scaling configurations")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip PyTorch even if it is installed (it runs in a process of its own, its epochs "
-                             "alternating with npvae's: in one process each library's threads would slow the other)")
+                             "alternating with npvae's: in one process each library's threads and settings "
+                             "could slow or change the other)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     parser.add_argument("--no-train-memory", action="store_true", help="skip the `npvae train` memory run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and the shuffling (default 0)")
