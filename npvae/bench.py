@@ -76,7 +76,10 @@ from .runs import nonnegative_int
 EPOCH_IMAGES = 60_000                      # per-epoch figures are for the full MNIST training set
 SCALING_HIDDEN = (200, 400, 800, 1600)     # at batch 128
 SCALING_BATCH = (32, 128, 512)             # at hidden 400
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# The thread counts a run is given: the BLAS's (read when NumPy loads), and NPVAE_THREADS, the
+# threads of the fast path's elementwise work (read when an optimizer is made; see npvae.threads)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NPVAE_THREADS")
+REPORTED_VARIABLES = THREAD_VARIABLES + ("OPENBLAS_THREAD_TIMEOUT",)   # shown with the results
 STEP_COUNTERS = ("t", "step", "steps")     # optimizer state entries that count steps, not values
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "neon", "asimd")
 _CHILD = "NPVAE_BENCH_CHILD"               # set in a re-executed bench, so it never re-executes again
@@ -496,6 +499,7 @@ def scaling_worker(spec_json: str) -> None:
     x_all, _ = load_mnist_uint8("train")
     n, latent = spec["images"], spec["latent"]
     blas_threads = sorted({b["num_threads"] for b in blas_info() if b.get("num_threads") is not None})
+    pool = pool_threads()
     rows = []
     for h, b in scaling_configs(spec["quick"]):
         r = NpvaeRun(x_all[:n], [h], latent, b, spec["seed"])
@@ -503,6 +507,7 @@ def scaling_worker(spec_json: str) -> None:
         seconds = r.epoch() * EPOCH_IMAGES / n
         f = matmul_floor(x_all.shape[1], [h], latent, b, EPOCH_IMAGES, spec["min_seconds"])
         rows.append({"hidden": h, "batch_size": b, "threads": spec["threads"], "blas_threads": blas_threads,
+                     "pool_threads": pool,
                      "images_timed": n, "seconds_per_epoch": seconds,
                      "floor_seconds_per_epoch": f["seconds_per_epoch"], "gflops_per_epoch": f["flops_per_epoch"] / 1e9,
                      "matmul_gflops_per_second": f["gflops_per_second"],
@@ -668,6 +673,15 @@ def machine() -> dict:
             "numpy_simd": numpy_simd(), "blas": blas_info()}
 
 
+def pool_threads() -> int | None:
+    """The threads npvae's fast path splits its elementwise work over (None where it has no pool)."""
+    try:
+        from .fast import default_threads
+    except ImportError:
+        return None
+    return default_threads()
+
+
 def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -752,11 +766,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"(re-running in a new process with the BLAS thread count set to {threads})", flush=True)
         env = {**os.environ, _CHILD: "1", **{k: str(threads) for k in THREAD_VARIABLES}}
         return subprocess.call([sys.executable, "-m", "npvae.bench", *_argv(args)], env=env)
+    saved = os.environ.get("NPVAE_THREADS")
+    os.environ["NPVAE_THREADS"] = str(threads)
     try:
         return _run(args, threads, limiter)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
+        if saved is None:
+            os.environ.pop("NPVAE_THREADS", None)
+        else:
+            os.environ["NPVAE_THREADS"] = saved
 
 
 def _state_entries(state: dict) -> int:
@@ -778,7 +798,9 @@ def _run(args: argparse.Namespace, threads: int, limiter) -> int:
         "model": f"VAE 784-{args.hidden}-{latent}, ReLU, Bernoulli, Adam 1e-3, float32",
         "batch_size": batch, "epochs_timed": epochs, "warmup_epochs": warmup, "busy_epochs": busy_epochs,
         "quick": quick, "seed": args.seed, "seconds_scaled_to_images": EPOCH_IMAGES,
-        "fit_options": dict(_FIT_OPTIONS), "load_average_at_start": os.getloadavg()[0]}, "memory": {}}
+        "fit_options": dict(_FIT_OPTIONS), "pool_threads": pool_threads(),
+        "environment": {k: os.environ[k] for k in REPORTED_VARIABLES if k in os.environ},
+        "load_average_at_start": os.getloadavg()[0]}, "memory": {}}
     say(f"npvae bench: {results['settings']['model']}, batch {batch}, threads: {threads} "
         f"({results['settings']['threads_set_by']}); {results['machine']['cpu']}")
 
@@ -1000,8 +1022,12 @@ def _threads_line(s: dict, m: dict, pt: dict) -> str:
     seen = {b["num_threads"] for b in m.get("blas", []) if b.get("num_threads") is not None}
     if seen and seen != {s["threads"]}:
         line += f", but the BLAS reports {', '.join(map(str, sorted(seen)))}"
+    if s.get("pool_threads") is not None:
+        line += f"; npvae's elementwise work {s['pool_threads']}"
     if pt["available"]:
         line += f"; PyTorch {pt['threads']} (intra-op; {pt.get('interop_threads', '?')} inter-op), in a process of its own"
+    if s.get("environment"):
+        line += "; environment: " + " ".join(f"{k}={v}" for k, v in s["environment"].items())
     return line
 
 

@@ -161,7 +161,9 @@ def test_quick_bench_json_has_every_part(quick_results):
     assert set(r) >= {"machine", "settings", "floor", "npvae", "pytorch", "busy", "memory", "scaling"}
     s = r["settings"]
     assert s["threads"] == 1 and s["batch_size"] == 128 and s["quick"] is True
-    assert s["fit_options"] == bench._FIT_OPTIONS
+    assert s["fit_options"] == bench._FIT_OPTIONS and s["pool_threads"] == bench.pool_threads()
+    # every thread variable was 1 (one_thread_environment), and NPVAE_THREADS is the bench's --threads
+    assert all(s["environment"][k] == "1" for k in bench.THREAD_VARIABLES)
     m = r["machine"]
     assert isinstance(m["cpu"], str) and m["cpu"] and m["numpy"] == np.__version__
     assert m["cpu"] == m["cpu_details"]["model"] and m["cores_available"] >= 1
@@ -228,6 +230,7 @@ def test_quick_bench_json_has_every_part(quick_results):
         assert row["fraction_of_floor"] == pytest.approx(row["floor_seconds_per_epoch"] / row["seconds_per_epoch"])
         # each row's process was started with its thread count, and its BLAS says so (where it can be asked)
         assert row["blas_threads"] in ([], [row["threads"]]), row
+        assert row["pool_threads"] in (None, row["threads"]), row      # NPVAE_THREADS, where the fast path has a pool
     assert [round(row["gflops_per_epoch"]) for row in rows] == [98] * len(threads) + [197] * len(threads)
 
 
@@ -638,6 +641,19 @@ def test_blas_with_threadpoolctl_agrees_with_the_loaded_library():
         assert {b["num_threads"] for b in bench._openblas_from_loaded_libraries()} == {1}
 
 
+def test_the_fast_paths_threads_follow_the_bench_and_are_restored(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPVAE_THREADS", "5")
+    seen = {}
+    monkeypatch.setattr(bench, "limit_blas_threads", lambda n: None)
+    monkeypatch.setenv(bench._CHILD, "1")                           # never re-executes
+    monkeypatch.setattr(bench, "_run", lambda args, threads, limiter: seen.update(env=os.environ["NPVAE_THREADS"]) or 0)
+    assert bench.run(parse(["--threads", "2", "--json", str(tmp_path / "b.json")])) == 0
+    assert seen["env"] == "2" and os.environ["NPVAE_THREADS"] == "5"
+    monkeypatch.delenv("NPVAE_THREADS")
+    assert bench.run(parse(["--threads", "3", "--json", str(tmp_path / "b.json")])) == 0
+    assert seen["env"] == "3" and "NPVAE_THREADS" not in os.environ
+
+
 def test_threads_line_flags_a_blas_that_did_not_take_the_thread_count():
     s = {"threads": 1, "threads_set_by": "environment"}
     m = {"blas": [{"num_threads": 2}]}
@@ -647,6 +663,10 @@ def test_threads_line_flags_a_blas_that_did_not_take_the_thread_count():
     pt = {"available": True, "threads": 1, "interop_threads": 2}
     assert bench._threads_line(s, m, pt) == ("threads: NumPy's BLAS 1 (set by environment); PyTorch 1 (intra-op; "
                                               "2 inter-op), in a process of its own")
+    s = {**s, "pool_threads": 2, "environment": {"OPENBLAS_NUM_THREADS": "1", "OPENBLAS_THREAD_TIMEOUT": "4"}}
+    assert bench._threads_line(s, m, {"available": False}) == (
+        "threads: NumPy's BLAS 1 (set by environment); npvae's elementwise work 2; environment: "
+        "OPENBLAS_NUM_THREADS=1 OPENBLAS_THREAD_TIMEOUT=4")
 
 
 def test_child_processes_run_this_npvae_from_any_working_directory(tmp_path):
