@@ -13,6 +13,7 @@ The reading order, the textbook path first (each file opens with what it is for)
     npvae.layers    Dense (y = x @ W + b), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, Sequential
     npvae.losses    the L2 and Bernoulli reconstruction losses, the KL term, each with its gradient
     npvae.models    Autoencoder and VAE: forward, backward, the reparameterization trick
+    npvae.cvae      conditional VAEs: CVAE (a digit by its label), the quadrant task's StructuredCVAE
     npvae.optim     SGD with momentum, and Adam
     npvae.train     fit: minibatches, KL warm-up, clipping, the per-epoch history
     npvae.gradcheck every backward pass against central differences (python -m npvae gradcheck)
@@ -22,10 +23,11 @@ npvae.data (MNIST and other IDX files), npvae.checkpoint, npvae.runs (the `npvae
 and its run folders), npvae.evaluate, npvae.plots (figures; needs matplotlib), npvae.bench.
 """
 
+from .cvae import CVAE
 from .data import load_mnist
 from .models import VAE, Autoencoder, build_model
 from .optim import SGD, Adam
 from .train import fit
 
 __version__ = "0.1.0"
-__all__ = ["VAE", "Autoencoder", "build_model", "Adam", "SGD", "fit", "load_mnist"]
+__all__ = ["VAE", "CVAE", "Autoencoder", "build_model", "Adam", "SGD", "fit", "load_mnist"]

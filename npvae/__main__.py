@@ -1,6 +1,7 @@
 """The npvae command line: `python -m npvae COMMAND` or `npvae COMMAND`.
 
     npvae train                      train the seed's VAE on the bundled MNIST and write its figures
+                                     (--model cvae: the label-conditioned VAE)
     npvae sample RUN                 a grid of samples from a saved run
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
@@ -25,7 +26,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
                         "(options given as well override it)")
-    p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
+    p.add_argument("--model", choices=["vae", "ae", "cvae"],
+                   help=f"variational or plain autoencoder, or the label-conditioned VAE (default {d['model']})")
     p.add_argument("--likelihood", choices=["l2", "bernoulli"],
                    help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
         p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+        if name == "sample":
+            p.add_argument("--digit", type=int, metavar="D",
+                           help="a conditional run (--model cvae): samples of this digit only (samples_digitD.png)")
     from . import evaluate
     evaluate.add_arguments(sub.add_parser("evaluate", help="test ELBO, importance-weighted log-likelihood, "
                                                             "active units and sample quality of a run"))
@@ -109,12 +114,12 @@ def _figure(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cfg = {**DEFAULTS, **ckpt.config}
         if args.command == "sample":
-            path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
+            path = runs.figure_sample(model, out, np.random.default_rng(args.seed), digit=args.digit)
         else:
-            _, x_test, _ = runs.load_data(cfg)
+            _, x_test, y_test = runs.load_data(cfg)
             x_test = runs.as_float(x_test)
             if args.command == "reconstruct":
-                path = runs.figure_reconstruct(model, x_test, out)
+                path = runs.figure_reconstruct(model, x_test, out, y_test=y_test)
             else:
                 path = runs.figure_interpolate(model, x_test, out)
     except (CheckpointError, ValueError, OSError) as e:      # no run there, its data gone, ...
