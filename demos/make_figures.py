@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # In an order that trains each shared run where it is first needed.
 DEMOS = ("ae_vs_vae", "interpolation", "generation", "two_losses", "balance", "cloud", "latent_space",
-         "moving_between_clouds", "main_job", "linear_vae", "explore")
+         "moving_between_clouds", "main_job", "linear_vae", "explore", "conditional", "quadrants")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,18 +265,20 @@ def figure_conditional_samples(model: CVAE, out: Path, rng: np.random.Generator,
                             title=title)
 
 
-def figure_style_grid(model: CVAE, out: Path, rng: np.random.Generator, ncols: int = 12) -> Path:
+def figure_style_grid(model: CVAE, out: Path, rng: np.random.Generator, ncols: int = 12,
+                      name: str = "style_grid.png") -> Path:
     """The style grid: a row per digit, a column per z ~ N(0, I), one z shared by a whole column."""
     from . import plots
     c = model.num_classes
     z = rng.standard_normal((ncols, model.latent_dim)).astype(model.dtype)
     images = model.decode(np.tile(z, (c, 1)), np.repeat(np.arange(c), ncols))        # row-major: digit, then z
-    return plots.image_grid(images, out / "style_grid.png", nrows=c, ncols=ncols,
+    return plots.image_grid(images, out / name, nrows=c, ncols=ncols,
                             row_labels=[str(d) for d in range(c)],
                             title="CVAE style grid: each column decodes one z with every label")
 
 
-def figure_analogy(model: CVAE, x_test: np.ndarray, y_test: np.ndarray, out: Path, n: int = 8) -> Path:
+def figure_analogy(model: CVAE, x_test: np.ndarray, y_test: np.ndarray, out: Path, n: int = 8,
+                   name: str = "analogy.png") -> Path:
     """The analogies: a test image (left), then its code z = mu(x, y) decoded with each label 0..C-1."""
     from . import plots
     c = model.num_classes
@@ -284,7 +286,7 @@ def figure_analogy(model: CVAE, x_test: np.ndarray, y_test: np.ndarray, out: Pat
     mu = model.codes(x, y)                                                             # (n, Z)
     decodes = model.decode(np.repeat(mu, c, axis=0), np.tile(np.arange(c), len(x))).reshape(len(x), c, -1)
     rows = [np.concatenate([x[i:i + 1], np.ones_like(x[i:i + 1]), decodes[i]]) for i in range(len(x))]
-    return plots.image_rows(rows, out / "analogy.png", row_labels=[f"{int(d)}" for d in y],
+    return plots.image_rows(rows, out / name, row_labels=[f"{int(d)}" for d in y],
                             title="CVAE analogies: a test image (left, its label at the side), its code "
                                   "decoded with the labels 0-9")
 

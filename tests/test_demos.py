@@ -36,6 +36,8 @@ FIGURES = {
     "explore": ["explore.png"],
     "balance": ["balance.png", "balance_images.png"],
     "linear_vae": ["linear_vae_spectrum.png", "linear_vae_images.png"],
+    "conditional": ["conditional_style_grid.png", "conditional_analogy.png", "conditional_accuracy.png"],
+    "quadrants": ["quadrants_1.png", "quadrants_2.png", "quadrants_3.png"],
 }
 # The demos run by the default (fast) test suite; the others are marked slow (pytest -m slow).
 FAST = ("cloud", "generation", "main_job")
