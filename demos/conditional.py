@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
           + ("" if min(vae_counts) >= n_per_digit else f"; found only {vae_counts}") + ")")
     C.wrote(plots.bar_panels([
         {"values": {**{str(d): 100 * cond["per_class"][d] for d in range(10)}, "all": 100 * cond["overall"]},
-         "title": "CVAE: z ~ N(0, I) decoded with the label", "ylabel": "% read as the digit asked for"},
+         "title": "CVAE: z ~ N(0, I) decoded with the label", "ylabel": "% read as the digit asked for",
+         "ylim": (0, 108)},
         {"values": {**{str(d): 100 * np.nan_to_num(vae_per[d]) for d in range(10)}, "all": 100 * vae_overall},
-         "title": "VAE: z ~ N(0, I), nearest class centre", "ylabel": "% read as that centre's digit"}],
+         "title": "VAE: z ~ N(0, I), nearest class centre", "ylabel": "% read as that centre's digit",
+         "ylim": (0, 108)}],
         args.out / "conditional_accuracy.png",
         title=f"Samples the digit classifier reads as the digit asked for, {n_per_digit:,} per digit"))
 
