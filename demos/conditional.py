@@ -3,7 +3,7 @@
 The study note moves a point from one cloud to another to change a property on purpose. A
 conditional VAE (npvae.CVAE) makes the digit a control: the label says which digit, the code z
 how it is written. We train it like `npvae train` (784-400-20, L2, 10 epochs; `npvae train
---model cvae`) and set it against the seed's unconditional VAE (`npvae train`):
+--model cvae`) and set it against the study note's unconditional VAE (`npvae train`):
 
 * how often the evaluation's digit classifier reads a conditional sample as the digit asked for
   (1,000 samples z ~ N(0, I) per digit), against the unconditional VAE's samples assigned to
