@@ -2,6 +2,7 @@
 
     python demos/make_figures.py            # writes demos/figures/*.png (the README's pictures)
     python demos/make_figures.py --quick    # the fast versions, into runs/quick-figures (or --out DIR)
+    python demos/make_figures.py --all      # and the quadrant task, which trains for hours at full size
 
 Options are passed on to every demo (--out, --quick, --runs, --seed). The runs they train are
 kept in runs/ and shared: the first demo to need a model trains it, the others reuse it. From
@@ -21,7 +22,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # In an order that trains each shared run where it is first needed.
 DEMOS = ("ae_vs_vae", "interpolation", "generation", "two_losses", "balance", "cloud", "latent_space",
-         "moving_between_clouds", "main_job", "linear_vae", "explore")
+         "moving_between_clouds", "main_job", "linear_vae", "explore", "conditional")
+# Demos that train for hours at full size (the quadrant task: six networks, up to 100 epochs
+# each): run only with --all, or alone (`python demos/quadrants.py`).
+LONG = ("quadrants",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     times = {}
-    for name in DEMOS:
+    demos = DEMOS + LONG if "--all" in argv else DEMOS
+    argv = [a for a in argv if a != "--all"]
+    for name in demos:
         print(f"\n######## demos/{name}.py {' '.join(argv)}", flush=True)
         start = time.perf_counter()
         result = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *argv])

@@ -13,6 +13,7 @@ The reading order, the textbook path first (each file opens with what it is for)
     npvae.layers    Dense (y = x @ W + b), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, Sequential
     npvae.losses    the L2 and Bernoulli reconstruction losses, the KL term, each with its gradient
     npvae.models    Autoencoder and VAE: forward, backward, the reparameterization trick
+    npvae.cvae      conditional VAEs: CVAE (a digit by its label), the quadrant task's StructuredCVAE
     npvae.optim     SGD with momentum, and Adam
     npvae.train     fit: minibatches, KL warm-up, clipping, the per-epoch history
     npvae.gradcheck every backward pass against central differences (python -m npvae gradcheck)
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 # The names of a first script, imported when first used: `import npvae` alone loads no NumPy,
 # so that the command line can set OpenBLAS's threads first (see npvae.threads).
-_API = {"VAE": "models", "Autoencoder": "models", "build_model": "models", "Adam": "optim", "SGD": "optim",
+_API = {"VAE": "models", "CVAE": "cvae", "Autoencoder": "models", "build_model": "models", "Adam": "optim", "SGD": "optim",
         "fit": "train", "load_mnist": "data"}
 __all__ = list(_API)
 

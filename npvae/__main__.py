@@ -1,6 +1,7 @@
 """The npvae command line: `python -m npvae COMMAND` or `npvae COMMAND`.
 
     npvae train                      train the study note's VAE on the bundled MNIST and write its figures
+                                     (--model cvae: the label-conditioned VAE)
     npvae sample RUN                 a grid of samples from a saved run
     npvae reconstruct RUN            test images and their reconstructions
     npvae interpolate RUN            interpolations between test images
@@ -41,7 +42,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
                         "(options given as well override it)")
-    p.add_argument("--model", choices=CHOICES["model"], help=f"variational or plain autoencoder (default {d['model']})")
+    p.add_argument("--model", choices=CHOICES["model"], help=f"variational or plain autoencoder, or the label-conditioned VAE (default {d['model']})")
     p.add_argument("--likelihood", choices=CHOICES["likelihood"],
                    help=f"reconstruction loss: the study note's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
         p.add_argument("--out", metavar="DIR", help="where to write the PNG (default: the run folder)")
         p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random draws (default 0)")
+        if name == "sample":
+            p.add_argument("--digit", type=int, metavar="D",
+                           help="a conditional run (--model cvae): samples of this digit only (samples_digitD.png)")
     sub.add_parser("figures", help="all the standard figures of a saved run, into its folder").add_argument(
         "run", metavar="RUN", help="a run folder written by `npvae train` (or its checkpoint file)")
     from . import evaluate
@@ -152,12 +156,12 @@ def _figure(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else runs.run_folder(args.run)
         out.mkdir(parents=True, exist_ok=True)
         if args.command == "sample":
-            path = runs.figure_sample(model, out, np.random.default_rng(args.seed))
+            path = runs.figure_sample(model, out, np.random.default_rng(args.seed), digit=args.digit)
         else:
-            _, x_test, _ = runs.load_data(cfg)
+            _, x_test, y_test = runs.load_data(cfg)
             x_test = as_float(x_test)
             if args.command == "reconstruct":
-                path = runs.figure_reconstruct(model, x_test, out)
+                path = runs.figure_reconstruct(model, x_test, out, y_test=y_test)
             else:
                 path = runs.figure_interpolate(model, x_test, out)
     except KeyboardInterrupt as e:

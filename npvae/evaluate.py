@@ -64,6 +64,7 @@ import numpy as np
 from . import losses
 from .checkpoint import atomic_write_text
 from .classifier import Classifier, get_classifier
+from .cvae import CVAE
 from .data import binarize, in_batches, load_mnist_uint8, to_float
 from .layers import as_generator
 from .models import VAE, Autoencoder
@@ -106,20 +107,23 @@ def _recon_rows(likelihood: str, logits: Array, x: Array) -> Array:
     return losses.RECONSTRUCTION_PER_EXAMPLE[likelihood](logits, x[:, None, :]).astype(np.float64)
 
 
-def _encode64(model: VAE, x: Array) -> tuple[Array, Array]:
-    mu, logvar = model.encode(x)
+def _encode64(model: VAE | CVAE, x: Array, y: Array | None = None) -> tuple[Array, Array]:
+    mu, logvar = model.encode(x) if y is None else model.encode(x, y)
     return mu.astype(np.float64), logvar.astype(np.float64)
 
 
-def _sample_terms(model: VAE, x: Array, mu: Array, logvar: Array, eps: Array) -> tuple[Array, Array]:
+def _sample_terms(model: VAE | CVAE, x: Array, mu: Array, logvar: Array, eps: Array,
+                  y: Array | None = None) -> tuple[Array, Array]:
     """For K draws per image: the reconstruction loss and log p(z) - log q(z|x).
 
-    x: (B, D) model dtype; mu, logvar: (B, Z) float64; eps: (B, K, Z) float64.
+    x: (B, D) model dtype; mu, logvar: (B, Z) float64; eps: (B, K, Z) float64; y: (B,) labels
+    for a CVAE (then q is q(z|x,y) and the decoder p(x|z,y)).
     Returns (recon (B, K), log_pz_minus_log_qz (B, K)), float64; recon has no constant.
     """
     b, k, z_dim = eps.shape
     z = mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps                 # (B, K, Z) float64
-    logits = model.decode_logits(z.reshape(b * k, z_dim).astype(model.dtype))  # decoded in the model's dtype
+    z_rows = z.reshape(b * k, z_dim).astype(model.dtype)                       # decoded in the model's dtype
+    logits = model.decode_logits(z_rows) if y is None else model.decode_logits(z_rows, np.repeat(y, k))
     recon = _recon_rows(model.likelihood, logits.reshape(b, k, -1), x)
     # log N(z; 0, I) - log N(z; mu, sigma^2 I) with z = mu + sigma eps: the 2 pi terms cancel.
     log_ratio = 0.5 * (np.einsum("bkz,bkz->bk", eps, eps) - np.einsum("bkz,bkz->bk", z, z)) \
@@ -149,10 +153,18 @@ def _check_eps(eps: Array | None, n: int, k: int, z: int, name: str) -> Array | 
     return eps
 
 
-def _require_vae(model, what: str) -> None:
+def _require_vae(model, what: str, y: Array | None = None) -> Array | None:
+    """Check that the model has an encoder distribution and a prior; for a CVAE, check its labels y."""
+    if isinstance(model, CVAE):
+        if y is None:
+            raise ValueError(f"{what} of a CVAE is of log p(x | y): pass the images' labels y=")
+        return np.asarray(y)          # checked against the images by the caller (model.check_y)
     if not isinstance(model, VAE):
         raise TypeError(f"{what} needs a VAE (an encoder distribution q(z|x) and a prior); "
                         f"got {type(model).__name__}")
+    if y is not None:
+        raise ValueError(f"labels y= are for a conditional model (a CVAE), not a {type(model).__name__}")
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +174,10 @@ def _require_vae(model, what: str) -> None:
 
 def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
                      rng: np.random.Generator | int | None = None, batch_size: int = 500,
-                     eps: Array | None = None, kl_estimator: str = "analytic") -> dict[str, Array]:
+                     eps: Array | None = None, kl_estimator: str = "analytic", y: Array | None = None) -> dict[str, Array]:
     """Per-image negative ELBO and its parts, averaged over n_draws draws of eps. x: (N, D).
 
+    y: (N,) labels, for a CVAE (whose ELBO bounds log p(x | y)); None for a VAE.
     eps: (N, n_draws, Z) injects the draws (else they come from `rng`, in batches of images).
     kl_estimator: "analytic" (the exact Gaussian KL, lower variance: the default) or "sampled"
     (log q(z|x) - log p(z) at the drawn z, so that neg_elbo equals -log w of the IWAE
@@ -173,38 +186,41 @@ def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
     Returns (N,) float64 arrays: neg_elbo = recon + kl, recon, kl (training-loss units, no
     likelihood constant; see nll_constant), and recon_at_mu (the loss at z = mu).
     """
-    _require_vae(model, "the ELBO")
+    y = _require_vae(model, "the ELBO", y)
     if kl_estimator not in ("analytic", "sampled"):
         raise ValueError(f"kl_estimator must be 'analytic' or 'sampled', got {kl_estimator!r}")
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     x = model.check_x(x)
     n, z_dim = x.shape[0], model.latent_dim
+    if y is not None:
+        y = model.check_y(y, n)
     eps = _check_eps(eps, n, n_draws, z_dim, "eps")
     rng = as_generator(rng) if eps is None else None
     out = {k: np.empty(n) for k in ("neg_elbo", "recon", "kl", "recon_at_mu")}
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
-        xb = x[sl]
-        mu, logvar = _encode64(model, xb)
+        xb, yb = x[sl], (None if y is None else y[sl])
+        mu, logvar = _encode64(model, xb, yb)
         e = eps[sl] if eps is not None else rng.standard_normal((xb.shape[0], n_draws, z_dim))
-        recon, log_ratio = _sample_terms(model, xb, mu, logvar, e)
+        recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb)
         out["recon"][sl] = recon.mean(axis=1)
         if kl_estimator == "analytic":
             out["kl"][sl] = losses.kl_per_example(mu, logvar)
         else:
             out["kl"][sl] = -log_ratio.mean(axis=1)
-        at_mu = model.decode_logits(mu.astype(model.dtype))
+        at_mu = model.decode_logits(mu.astype(model.dtype), *([] if yb is None else [yb]))
         out["recon_at_mu"][sl] = _recon_rows(model.likelihood, at_mu[:, None, :], xb)[:, 0]
     out["neg_elbo"] = out["recon"] + out["kl"]
     return out
 
 
 def elbo(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS, rng: np.random.Generator | int | None = None,
-         batch_size: int = 500, eps: Array | None = None, kl_estimator: str = "analytic") -> dict[str, float]:
+         batch_size: int = 500, eps: Array | None = None, kl_estimator: str = "analytic",
+         y: Array | None = None) -> dict[str, float]:
     """Mean over the images of `elbo_per_example`: {neg_elbo, recon, kl, recon_at_mu,
     neg_elbo_std_error, n_draws}, per image, in training-loss units (see nll_constant)."""
-    per = elbo_per_example(model, x, n_draws, rng, batch_size, eps, kl_estimator)
+    per = elbo_per_example(model, x, n_draws, rng, batch_size, eps, kl_estimator, y)
     res = {k: float(v.mean()) for k, v in per.items()}
     n = per["neg_elbo"].size
     res["neg_elbo_std_error"] = float(per["neg_elbo"].std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -219,8 +235,9 @@ def elbo(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS, rng: np.random.Gene
 
 def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generator | int | None = None,
                 batch_size: int = 500, eps: Array | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                progress: bool | TextIO | None = None) -> Array:
-    """The IWAE estimate of log p(x) for each image, in nats (float64, shape (N,)).
+                progress: bool | TextIO | None = None, y: Array | None = None) -> Array:
+    """The IWAE estimate of log p(x) for each image, in nats (float64, shape (N,)); for a CVAE,
+    given the labels y (N,), of log p(x | y) (with q(z|x,y), p(x|z,y) and the prior N(0, I)).
 
     log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mu + sigma * eps_k.
 
@@ -230,11 +247,13 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
     (float64) are combined with a log-sum-exp. eps: (N, K, Z) injects the draws, otherwise
     they come from `rng` chunk by chunk (so the draws depend on batch_size and chunk_rows).
     """
-    _require_vae(model, "the IWAE estimate")
+    y = _require_vae(model, "the IWAE estimate", y)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     x = model.check_x(x)
     n, z_dim = x.shape[0], model.latent_dim
+    if y is not None:
+        y = model.check_y(y, n)
     eps = _check_eps(eps, n, k, z_dim, "eps")
     rng = as_generator(rng) if eps is None else None
     images_per_batch = max(1, min(batch_size, chunk_rows // k))
@@ -245,13 +264,13 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
     log_w = np.empty((images_per_batch, k))
     for start in range(0, n, images_per_batch):
         sl = slice(start, min(n, start + images_per_batch))
-        xb = x[sl]
+        xb, yb = x[sl], (None if y is None else y[sl])
         b = xb.shape[0]
-        mu, logvar = _encode64(model, xb)
+        mu, logvar = _encode64(model, xb, yb)
         for k0 in range(0, k, draws_per_chunk):
             k1 = min(k, k0 + draws_per_chunk)
             e = eps[sl, k0:k1] if eps is not None else rng.standard_normal((b, k1 - k0, z_dim))
-            recon, log_ratio = _sample_terms(model, xb, mu, logvar, e)
+            recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb)
             log_w[:b, k0:k1] = log_ratio - recon - const
         out[sl] = logmeanexp(log_w[:b], axis=1)
         ticker.update(sl.stop)
@@ -263,34 +282,61 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
 # --------------------------------------------------------------------------------------------
 
 
-def latent_means(model: Model, x: Array, batch_size: int = 1000) -> Array:
-    """E[z | x] for each image: mu for a VAE, the code z for an autoencoder. (N, Z) float64."""
-    return model.codes(model.check_x(x), batch_size).astype(np.float64)
+def _with_labels(model: Model, y: Array | None) -> list:
+    """The extra argument of a CVAE's codes and decode (its labels), none for the other models."""
+    return [y] if isinstance(model, CVAE) else []
 
 
-def latent_variances(model: Model, x: Array, batch_size: int = 1000) -> Array:
+def latent_means(model: Model, x: Array, batch_size: int = 1000, y: Array | None = None) -> Array:
+    """E[z | x] for each image: mu for a VAE (for a CVAE, of q(z | x, y) with the labels y),
+    the code z for an autoencoder. (N, Z) float64."""
+    return model.codes(model.check_x(x), *_with_labels(model, y), batch_size=batch_size).astype(np.float64)
+
+
+def latent_variances(model: Model, x: Array, batch_size: int = 1000, y: Array | None = None) -> Array:
     """The variance across the images of each dimension of E[z | x]. (Z,) float64."""
-    return latent_means(model, x, batch_size).var(axis=0)
+    return latent_means(model, x, batch_size, y).var(axis=0)
 
 
 def active_units(model: Model, x: Array, threshold: float = ACTIVE_UNIT_THRESHOLD,
-                 batch_size: int = 1000, return_variances: bool = False) -> int | tuple[int, Array]:
+                 batch_size: int = 1000, return_variances: bool = False,
+                 y: Array | None = None) -> int | tuple[int, Array]:
     """The number of latent dimensions whose variance across x of E[z|x] exceeds `threshold`
     (Burda et al., 2015: 0.01). With return_variances=True: (count, per-dimension variances)."""
-    var = latent_variances(model, x, batch_size)
+    var = latent_variances(model, x, batch_size, y)
     count = int(np.sum(var > threshold))
     return (count, var) if return_variances else count
 
 
-def reconstructions(model: Model, x: Array, batch_size: int = 1000) -> Array:
-    """decode(mu) for a VAE, decode(z) for an autoencoder. (N, D) in (0, 1)."""
-    return in_batches(lambda batch: model.decode(model.codes(batch)), model.check_x(x), batch_size)
+def reconstructions(model: Model, x: Array, batch_size: int = 1000, y: Array | None = None) -> Array:
+    """decode(mu) for a VAE (a CVAE: decode(mu, y) with the labels y), decode(z) for an autoencoder. (N, D)."""
+    x = model.check_x(x)
+    if isinstance(model, CVAE):
+        y = model.check_y(y, len(x))
+        return np.concatenate([model.reconstruct(x[s:s + batch_size], y[s:s + batch_size])
+                               for s in range(0, len(x), batch_size)])
+    return in_batches(lambda batch: model.decode(model.codes(batch)), x, batch_size)
 
 
 def reconstruction_accuracy(model: Model, classifier: Classifier, x: Array, y: Array, batch_size: int = 1000) -> float:
-    """The classifier's accuracy on the reconstructions of x against the true labels y."""
-    return float(np.mean(classifier.predict_proba(reconstructions(model, x, batch_size)).argmax(axis=1)
+    """The classifier's accuracy on the reconstructions of x against the true labels y (which a
+    CVAE's reconstruction is also given)."""
+    return float(np.mean(classifier.predict_proba(reconstructions(model, x, batch_size, y)).argmax(axis=1)
                          == np.asarray(y)))
+
+
+def conditional_sample_accuracy(model: CVAE, classifier: Classifier, n_per_class: int = 1000,
+                                rng: np.random.Generator | int | None = None, batch_size: int = 2000) -> dict:
+    """Decode n_per_class draws z ~ N(0, I) with each label and classify them: the fraction read as
+    the digit asked for. Returns {per_class: C fractions, overall, n_per_class}."""
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    rng = as_generator(rng)
+    asked = np.repeat(np.arange(model.num_classes), n_per_class)
+    read = np.concatenate([classifier.predict(model.sample(len(asked[s:s + batch_size]), asked[s:s + batch_size], rng=rng))
+                           for s in range(0, len(asked), batch_size)])
+    hits = (read == asked).reshape(model.num_classes, n_per_class)
+    return {"per_class": hits.mean(axis=1).tolist(), "overall": float(hits.mean()), "n_per_class": int(n_per_class)}
 
 
 def class_entropy(histogram: Array) -> float:
@@ -316,7 +362,9 @@ def sample_quality(model: Model, classifier: Classifier, n: int = 10000,
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         z = rng.standard_normal((m, model.latent_dim)).astype(model.dtype)
-        proba = np.asarray(classifier.predict_proba(model.decode(z)))
+        decoded = (model.decode(z, np.arange(start, start + m) % model.num_classes) if isinstance(model, CVAE)
+                   else model.decode(z))            # a CVAE: the labels 0, 1, ..., C-1 in turn
+        proba = np.asarray(classifier.predict_proba(decoded))
         conf_sum += float(proba.max(axis=1).sum())
         counts = np.bincount(proba.argmax(axis=1), minlength=proba.shape[1])
         hist = counts if hist is None else hist + counts
@@ -373,7 +421,8 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
     x, y, data_what = _evaluation_images(cfg, split)
     if limit:
         x, y = x[:limit], y[:limit]
-    is_vae = isinstance(model, VAE)
+    is_vae = isinstance(model, (VAE, CVAE))
+    labels = y if isinstance(model, CVAE) else None     # a CVAE is evaluated on log p(x | y)
     elbo_seed, iwae_seed, sample_seed = np.random.SeedSequence(seed).spawn(3)
     sizes = "-".join(map(str, [model.input_dim, *model.hidden_dims, model.latent_dim]))
     const = nll_constant(model.likelihood, model.input_dim)
@@ -383,7 +432,7 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
     }
     notes: list[str] = []
     if is_vae:
-        e = elbo(model, x, n_draws=n_draws, rng=np.random.default_rng(elbo_seed))
+        e = elbo(model, x, n_draws=n_draws, rng=np.random.default_rng(elbo_seed), y=labels)
         res.update(neg_elbo=e["neg_elbo"], recon=e["recon"], kl=e["kl"], recon_at_mu=e["recon_at_mu"],
                    neg_elbo_std_error=e["neg_elbo_std_error"], elbo_draws=n_draws, nll_constant=const,
                    neg_elbo_density=e["neg_elbo"] + const)
@@ -394,10 +443,13 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
             out.flush()
         t0 = time.perf_counter()
         log_px = log_px_iwae(model, x, k, rng=np.random.default_rng(iwae_seed), chunk_rows=chunk_rows,
-                             progress=progress)
+                             progress=progress, y=labels)
         res.update(nll_iwae=float(-log_px.mean()), iwae_k=int(k), iwae_seconds=time.perf_counter() - t0,
                    nll_iwae_std_error=float(log_px.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None)
-        n_active, var = active_units(model, x, return_variances=True)
+        n_active, var = active_units(model, x, return_variances=True, y=labels)
+        if labels is not None:
+            notes.append("CVAE: neg_elbo, nll_iwae and active units are of log p(x | y), each test image "
+                         "encoded and decoded with its own label; the prior of z is N(0, I) for every label")
         res.update(active_units=n_active, latent_dim=model.latent_dim,
                    active_unit_threshold=ACTIVE_UNIT_THRESHOLD, latent_variances=[float(v) for v in var])
         if model.likelihood == "l2":
@@ -429,6 +481,13 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
         res["classifier"] = repr(clf)
         res["classifier_accuracy"] = clf.accuracy(x, y)
         res["recon_accuracy"] = reconstruction_accuracy(model, clf, x, y)
+        if labels is not None:
+            acc = conditional_sample_accuracy(model, clf, max(1, n_samples // model.num_classes),
+                                              rng=np.random.default_rng(sample_seed))
+            res.update(sample_label_accuracy=acc["overall"], sample_label_accuracy_per_digit=acc["per_class"],
+                       sample_per_digit=acc["n_per_class"])
+            notes.append(f"sample_label_accuracy: the fraction of {acc['n_per_class']:,} samples per digit "
+                         f"(z ~ N(0, I), decoded with that digit's label) that the classifier reads as that digit")
         q = sample_quality(model, clf, n=n_samples, rng=np.random.default_rng(sample_seed))
         res.update(sample_confidence=q["confidence"], sample_class_entropy=q["class_entropy"],
                    sample_class_histogram=q["class_histogram"], sample_n=q["n"])
@@ -492,7 +551,12 @@ def format_table(results: dict) -> str:
             ("samples: class entropy", _fmt(r["sample_class_entropy"]), f"nats, max log 10 = {math.log(10):.3f}"),
             ("samples: class histogram", "", "  ".join(f"{d}:{c}" for d, c in enumerate(hist))),
         ]
-    head = (f"{r.get('model', '').upper()} {r.get('architecture', '')} ({r.get('likelihood')} likelihood, "
+    if r.get("sample_label_accuracy") is not None:
+        per = r.get("sample_label_accuracy_per_digit") or []
+        rows += [("samples read as asked", _fmt(100 * r["sample_label_accuracy"], ".2f") + " %",
+                  f"{r.get('sample_per_digit'):,} samples per digit, decoded with its label"),
+                 ("  per digit", "", "  ".join(f"{d}:{100 * a:.1f}" for d, a in enumerate(per)))]
+    head = (f"{r.get('model', '').upper()} {r.get('architecture', '')}{' (conditioned on the label)' if r.get('model') == 'cvae' else ''} ({r.get('likelihood')} likelihood, "
             f"{r.get('epochs_trained')} epochs) on the {r.get('split')} split, {r.get('n_images', 0):,} images; "
             f"{r.get('data')}")
     widths = [max(len(row[i]) for row in rows + [("quantity", "value", "")]) for i in range(2)]

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import fast, layers, losses
+from . import cvae, fast, layers, losses
 from .models import VAE, Autoencoder, Reparameterize
 
 Array = np.ndarray
@@ -144,6 +144,28 @@ def check_model(model: Autoencoder | VAE, x: Array, eps: Array | None = None, na
             for k, p in model.params.items()]
 
 
+def check_label_join(x: Array, y: Array, num_classes: int, rng: np.random.Generator) -> list[Row]:
+    """Check the label join [x | onehot(y)] in x, with L = sum(join(x, y) * R) (y is held fixed)."""
+    join = cvae.LabelJoin(num_classes)
+    R = rng.standard_normal(join.forward(x, y).shape)
+    dx = join.backward(R)
+
+    def f() -> float:
+        return float(np.sum(join.forward(x, y) * R))
+
+    return [Row(repr(join), "x", x.shape, rel_error(dx, numerical_gradient(f, x)))]
+
+
+def check_conditional_model(model, x: Array, *inputs, name: str | None = None) -> list[Row]:
+    """Check a model whose loss takes more than the images: model.loss(x, *inputs) (labels, eps)."""
+    name = name or f"{type(model).__name__}"
+    _, grads = model.loss_and_grads(x, *inputs)
+    analytic = {k: g.copy() for k, g in grads.items()}
+    loss = lambda: model.loss(x, *inputs)["loss"]        # noqa: E731
+    return [Row(name, k, p.shape, rel_error(analytic[k], numerical_gradient(loss, p)))
+            for k, p in model.params.items()]
+
+
 # --------------------------------------------------------------------------------------------
 # Everything, on small random shapes
 # --------------------------------------------------------------------------------------------
@@ -155,7 +177,8 @@ def away_from_kink(x: Array, margin: float = 0.05) -> Array:
 
 
 def run_all(seed: int = 0) -> list[Row]:
-    """Check every layer, activation, loss, the reparameterization and both models (two likelihoods)."""
+    """Check every layer, activation, loss, the reparameterization, both models (two likelihoods)
+    and the conditional models of npvae.cvae."""
     rng = np.random.default_rng(seed)
     f64 = np.float64
     N, D, Z = 4, 7, 3
@@ -187,6 +210,25 @@ def run_all(seed: int = 0) -> list[Row]:
         rows += check_model(vae, x, eps)
     relu_vae = VAE(D, [6], Z, likelihood="bernoulli", activation="relu", dtype=f64, rng=rng)
     rows += check_model(relu_vae, x, eps, name="VAE(bernoulli, relu)")
+
+    # The conditional models (npvae.cvae): the label join, the Gaussian-to-Gaussian KL, the CVAE
+    # with both likelihoods, and the quadrant task's baseline and structured CVAE (on 4 x 4 images).
+    C = 3
+    y = rng.integers(0, C, N)
+    rows += check_label_join(rng.standard_normal((N, D)), y, C, rng)
+    rows += check_function("kl_gaussians", losses.kl_gaussians,
+                           {"mu_q": rng.standard_normal((N, Z)), "logvar_q": rng.standard_normal((N, Z)),
+                            "mu_p": rng.standard_normal((N, Z)), "logvar_p": rng.standard_normal((N, Z))})
+    for likelihood in ("l2", "bernoulli"):
+        model = cvae.CVAE(D, [5, 4], Z, num_classes=C, likelihood=likelihood, beta=0.7, activation="tanh",
+                          dtype=f64, rng=rng)
+        rows += check_conditional_model(model, x, y, eps, name=f"CVAE({likelihood})")
+    visible = cvae.quadrant_mask(2, side=4)
+    images = rng.uniform(0, 1, (N, 16))
+    baseline = cvae.Baseline(visible, 16, [6, 5], dtype=f64, rng=rng)
+    rows += check_conditional_model(baseline, images, name="Baseline(quadrants)")
+    structured = cvae.StructuredCVAE(baseline, [6, 5], Z, rng=rng)
+    rows += check_conditional_model(structured, images, rng.standard_normal((N, Z)), name="StructuredCVAE")
     return rows
 
 

@@ -92,6 +92,29 @@ def kl_standard_normal(mu: Array, logvar: Array) -> tuple[float, Array, Array]:
     return float(kl), mu * (1 / n), var_minus_1 * (0.5 / n)
 
 
+def kl_gaussians(mu_q: Array, logvar_q: Array, mu_p: Array, logvar_p: Array) -> tuple[float, Array, Array, Array, Array]:
+    """Mean over the batch of KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))), both diagonal.
+
+    All four inputs: (N, Z). Per example
+        KL = 0.5 * sum_z (logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1),
+    computed as 0.5 * sum_z ((exp(d) - 1) - d + (mu_q - mu_p)^2 exp(-logvar_p)) with d = logvar_q - logvar_p
+    and expm1, exact near d = 0 (equal Gaussians give 0). With mu_p = logvar_p = 0 it is kl_standard_normal.
+    Returns (KL, dKL/dmu_q, dKL/dlogvar_q, dKL/dmu_p, dKL/dlogvar_p), the gradients (N, Z).
+    """
+    # With r = exp(logvar_q - logvar_p) and s = (mu_q - mu_p)^2 exp(-logvar_p), KL = 0.5 sum (r - 1 - d + s):
+    #   dKL/dmu_q = (mu_q - mu_p) exp(-logvar_p) = -dKL/dmu_p
+    #   dKL/dlogvar_q = 0.5 (r - 1),   dKL/dlogvar_p = 0.5 (1 - r - s)       each times 1 / N.
+    n = mu_q.shape[0]
+    d = logvar_q - logvar_p
+    r_minus_1 = np.expm1(d)
+    inv_var_p = np.exp(-logvar_p)
+    diff = mu_q - mu_p
+    s = diff * diff * inv_var_p
+    kl = 0.5 * np.sum(r_minus_1 - d + s) / n
+    dmu_q = diff * inv_var_p * (1 / n)
+    return float(kl), dmu_q, r_minus_1 * (0.5 / n), -dmu_q, (-r_minus_1 - s) * (0.5 / n)
+
+
 def log_softmax(logits: Array) -> Array:
     """log softmax along the last axis, shifted by the row maximum so exp never overflows. (N, C)."""
     shifted = logits - logits.max(axis=1, keepdims=True)

@@ -746,11 +746,11 @@ def bar_panels(panels: Sequence[Mapping[str, Any]], path: str | Path, *,
     """Draw labelled bars in panels side by side, each value printed on its bar.
 
     Each panel is a dict: "values": {name: number} (one bar each, in order); optional
-    "title", "ylabel", and "colors": one matplotlib colour per bar (default C0, C1, ...).
+    "title", "ylabel", "ylim": (bottom, top), and "colors": one matplotlib colour per bar (default C0, C1, ...).
     Panels are as wide as their number of bars, so bars have one width throughout.
     """
     checked = []
-    for i, panel in enumerate(_panel_dicts(panels, {"values", "title", "ylabel", "colors"})):
+    for i, panel in enumerate(_panel_dicts(panels, {"values", "title", "ylabel", "colors", "ylim"})):
         values = panel.get("values")
         if not isinstance(values, Mapping) or len(values) == 0:
             raise ValueError(f"panels[{i}]['values'] must be a non-empty dict {{name: number}}")
@@ -775,6 +775,8 @@ def bar_panels(panels: Sequence[Mapping[str, Any]], path: str | Path, *,
         ax.set_ylabel(panel.get("ylabel", ""))
         ax.set_title(panel.get("title", ""), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
+        if panel.get("ylim") is not None:
+            ax.set_ylim(*panel["ylim"])
     if title:
         fig.suptitle(title)
     return _save(fig, path)

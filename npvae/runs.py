@@ -31,6 +31,7 @@ import numpy as np
 
 from .checkpoint import (Checkpoint, CheckpointError, atomic_write_text, check_architecture, load_checkpoint,
                          save_checkpoint)
+from .cvae import CVAE
 from .data import as_float, in_batches, load_mnist_uint8
 from .models import VAE, Autoencoder, build_model
 from . import fast
@@ -41,7 +42,8 @@ CHECKPOINT = "checkpoint.npz"
 LOCK = ".npvae.lock"
 # Everything `npvae train` and `npvae evaluate` write into a run folder: --overwrite removes them.
 RUN_FILES = (CHECKPOINT, "config.json", "history.csv", "history.json", "eval.json", "reconstructions.png",
-             "samples.png", "interpolation.png", "training_curves.png", "latent.png")
+             "samples.png", "interpolation.png", "training_curves.png", "latent.png", "style_grid.png", "analogy.png",
+             *(f"samples_digit{d}.png" for d in range(10)))
 
 # The study note's model (the note npvae started from: a VAE with the L2 loss plus KL): 784-400-20,
 # ReLU, Adam 1e-3, batch 128, 10 epochs, on the bundled MNIST.
@@ -67,7 +69,7 @@ PRESETS: dict[str, dict] = {
 CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip", "threads")
 # The settings that take one of a few names: the command line's choices, and what a checkpoint may hold.
 CHOICES: dict[str, tuple] = {
-    "model": ("vae", "ae"), "likelihood": ("l2", "bernoulli"),
+    "model": ("vae", "ae", "cvae"), "likelihood": ("l2", "bernoulli"),
     "activation": ("relu", "leaky_relu", "tanh", "sigmoid", "softplus"), "optimizer": ("adam", "sgd"),
     "dtype": ("float32", "float64"), "binarize": ("none", "static", "dynamic"), "schedule": ("constant", "iwae"),
     "preset": (None, *PRESETS),
@@ -186,7 +188,7 @@ def run_name(cfg: dict) -> str:
                 name += "-" + show(cfg[key])
     else:
         name, base = f"{cfg['model']}-{cfg['likelihood']}-{hidden(cfg['hidden'])}-z{cfg['latent']}", DEFAULTS
-        if cfg["model"] == "vae" and cfg["beta"] != 1:
+        if cfg["model"] in ("vae", "cvae") and cfg["beta"] != 1:
             name += f"-beta{cfg['beta']:g}"
     for key in _NAMED_SETTINGS:
         if cfg[key] != base[key]:
@@ -211,7 +213,13 @@ def model_config(cfg: dict) -> dict:
     """The arguments of `build_model` for a run's settings."""
     return {"model": cfg["model"], "input_dim": 784, "hidden_dims": list(cfg["hidden"]),
             "latent_dim": cfg["latent"], "likelihood": cfg["likelihood"], "beta": cfg["beta"],
-            "activation": cfg["activation"], "dtype": cfg["dtype"]}
+            "activation": cfg["activation"], "dtype": cfg["dtype"],
+            **({"num_classes": 10} if cfg["model"] == "cvae" else {})}
+
+
+def build_run_model(config: dict, rng=None):
+    """build_model, and for a conditional run (config["model"] == "cvae") the CVAE."""
+    return CVAE.from_config(config, rng) if config.get("model") == "cvae" else build_model(config, rng)
 
 
 def make_run_optimizer(cfg: dict, model):
@@ -229,6 +237,12 @@ def load_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cfg["test_size"]:
         x_test, y_test = x_test[:cfg["test_size"]], y_test[:cfg["test_size"]]
     return x_train, x_test, y_test
+
+
+def load_train_labels(cfg: dict) -> np.ndarray:
+    """The labels of a run's training images (a conditional run trains on them)."""
+    _, y_train = load_mnist_uint8("train", cfg["data_dir"])
+    return y_train[:cfg["train_size"]] if cfg["train_size"] else y_train
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +383,7 @@ def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], 
     write_history(out, history)
 
 
-def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
+def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE | CVAE, Checkpoint]:
     """Rebuild the model of a run folder from its checkpoint. Returns (model, checkpoint).
 
     Raises CheckpointError naming the file for a checkpoint that cannot be used: damaged, from
@@ -384,7 +398,7 @@ def load_run(run_dir: str | Path) -> tuple[Autoencoder | VAE, Checkpoint]:
     ckpt = load_checkpoint(path)
     check_run_metadata(path, ckpt)
     cfg = {**DEFAULTS, **ckpt.config}
-    model = build_model(model_config(cfg), rng=cfg["seed"])
+    model = build_run_model(model_config(cfg), rng=cfg["seed"])
     check_architecture(path, ckpt.params, {k: (v.shape, v.dtype) for k, v in model.params.items()})
     name = _not_finite(ckpt.params)
     if name:
@@ -407,23 +421,76 @@ def _codes(model, images: np.ndarray) -> np.ndarray:
     return in_batches(lambda batch: model.codes(as_float(batch)), images)
 
 
-def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12) -> Path:
+def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12, y_test: np.ndarray | None = None) -> Path:
     from . import plots
     x = as_float(x_test[:n])
-    recon = model.decode(_codes(model, x))
+    recon = model.reconstruct(x, y_test[:n]) if isinstance(model, CVAE) else model.decode(_codes(model, x))
     return plots.reconstructions(x, recon, out / "reconstructions.png",
                                  title=f"Test images (top) and their reconstructions (bottom), {type(model).__name__}")
 
 
-def figure_sample(model, out: Path, rng: np.random.Generator, n: int = 100) -> Path:
+def figure_sample(model, out: Path, rng: np.random.Generator, n: int = 100, digit: int | None = None) -> Path:
     from . import plots
+    if isinstance(model, CVAE):
+        return figure_conditional_samples(model, out, rng, n, digit)
+    if digit is not None:
+        raise ValueError(f"--digit needs a conditional model (npvae train --model cvae); this run is a "
+                         f"{type(model).__name__}")
     z = rng.standard_normal((n, model.latent_dim)).astype(model.dtype)
     what = "samples from the prior N(0, I)" if isinstance(model, VAE) else "decodes of z ~ N(0, I) (an AE has no prior)"
     return plots.image_grid(model.decode(z), out / "samples.png", ncols=10, title=f"{type(model).__name__}: {what}")
 
 
+def figure_conditional_samples(model: CVAE, out: Path, rng: np.random.Generator, n: int = 100,
+                               digit: int | None = None) -> Path:
+    """samples.png of a CVAE: n samples of one digit, or (digit None) rows of each digit, own z each."""
+    from . import plots
+    c = model.num_classes
+    if digit is not None:
+        if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)) or not 0 <= digit < c:
+            raise ValueError(f"--digit must be a label in [0, {c}), got {digit!r}")
+        y = np.full(n, digit)
+        title = f"CVAE: samples of the digit {digit}, z ~ N(0, I)"
+    else:
+        y = np.repeat(np.arange(c), max(1, n // c))
+        title = "CVAE: samples of each digit (one row each), a new z ~ N(0, I) for every image"
+    z = rng.standard_normal((len(y), model.latent_dim)).astype(model.dtype)
+    name = "samples.png" if digit is None else f"samples_digit{digit}.png"
+    return plots.image_grid(model.decode(z, y), out / name, ncols=10 if digit is not None else len(y) // c,
+                            title=title)
+
+
+def figure_style_grid(model: CVAE, out: Path, rng: np.random.Generator, ncols: int = 12,
+                      name: str = "style_grid.png") -> Path:
+    """The style grid: a row per digit, a column per z ~ N(0, I), one z shared by a whole column."""
+    from . import plots
+    c = model.num_classes
+    z = rng.standard_normal((ncols, model.latent_dim)).astype(model.dtype)
+    images = model.decode(np.tile(z, (c, 1)), np.repeat(np.arange(c), ncols))        # row-major: digit, then z
+    return plots.image_grid(images, out / name, nrows=c, ncols=ncols,
+                            row_labels=[str(d) for d in range(c)],
+                            title="CVAE style grid: each column decodes one z with every label")
+
+
+def figure_analogy(model: CVAE, x_test: np.ndarray, y_test: np.ndarray, out: Path, n: int = 8,
+                   name: str = "analogy.png") -> Path:
+    """The analogies: a test image (left), then its code z = mu(x, y) decoded with each label 0..C-1."""
+    from . import plots
+    c = model.num_classes
+    x, y = as_float(x_test[:n]), np.asarray(y_test[:n])
+    mu = model.codes(x, y)                                                             # (n, Z)
+    decodes = model.decode(np.repeat(mu, c, axis=0), np.tile(np.arange(c), len(x))).reshape(len(x), c, -1)
+    rows = [np.concatenate([x[i:i + 1], np.ones_like(x[i:i + 1]), decodes[i]]) for i in range(len(x))]
+    return plots.image_rows(rows, out / name, row_labels=[f"{int(d)}" for d in y],
+                            title="CVAE analogies: a test image (left, its label at the side), its code "
+                                  "decoded with the labels 0-9")
+
+
 def figure_interpolate(model, x_test: np.ndarray, out: Path, pairs: int = 6, steps: int = 10) -> Path:
     from . import plots
+    if isinstance(model, CVAE):
+        raise ValueError("interpolate draws VAE and AE runs; a CVAE run's figures are style_grid.png and "
+                         "analogy.png (npvae train --model cvae writes them)")
     pairs = min(pairs, len(x_test) // 2)             # a small test set gives fewer rows
     if pairs < 1:
         raise ValueError(f"an interpolation needs at least 2 test images, the run has {len(x_test)}")
@@ -444,14 +511,20 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
     """
     from . import plots
     rng = np.random.default_rng(seed)
-    figures = [("reconstructions.png", lambda: figure_reconstruct(model, x_test, out)),
-               ("samples.png", lambda: figure_sample(model, out, rng))]
-    if len(x_test) >= 2:
-        figures.append(("interpolation.png", lambda: figure_interpolate(model, x_test, out)))
+    if isinstance(model, CVAE):
+        figures = [("reconstructions.png", lambda: figure_reconstruct(model, x_test, out, y_test=y_test)),
+                   ("samples.png", lambda: figure_sample(model, out, rng)),
+                   ("style_grid.png", lambda: figure_style_grid(model, out, rng)),
+                   ("analogy.png", lambda: figure_analogy(model, x_test, y_test, out))]
+    else:
+        figures = [("reconstructions.png", lambda: figure_reconstruct(model, x_test, out)),
+                   ("samples.png", lambda: figure_sample(model, out, rng))]
+        if len(x_test) >= 2:
+            figures.append(("interpolation.png", lambda: figure_interpolate(model, x_test, out)))
     figures.append(("training_curves.png", lambda: plots.training_curves(
         history, out / "training_curves.png", likelihood=model.likelihood,
         title=curves_title(model))))
-    if model.latent_dim == 2:
+    if model.latent_dim == 2 and not isinstance(model, CVAE):
         figures.append(("latent.png", lambda: plots.latent_scatter(
             _codes(model, x_test), y_test, out / "latent.png", title="Test set in latent space, coloured by digit")))
     paths: list[Path] = []
@@ -483,7 +556,7 @@ LOSS_NAMES = {"l2": "L2 loss", "bernoulli": "Bernoulli loss"}
 def curves_title(model) -> str:
     """The training figure's title, e.g. "VAE, L2 loss: reconstruction and KL per epoch" (spelled
     out: "VAE (l2)" reads like "VAE (12)")."""
-    what = "reconstruction and KL per epoch" if isinstance(model, VAE) else "the loss per epoch"
+    what = "reconstruction and KL per epoch" if isinstance(model, (VAE, CVAE)) else "the loss per epoch"
     return f"{type(model).__name__}, {LOSS_NAMES.get(model.likelihood, model.likelihood)}: {what}"
 
 
@@ -558,13 +631,14 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
         stream.write(f"Resuming {out} after epoch {ckpt.epoch}, training to epoch {cfg['epochs']}\n")
     else:
         check_new_run_folder(out, overwrite)
-        model = build_model(model_config(cfg), rng=np.random.default_rng(seeds[0]))
+        model = build_run_model(model_config(cfg), rng=np.random.default_rng(seeds[0]))
         optimizer = make_run_optimizer(cfg, model)
         data_rng = np.random.default_rng(seeds[1])
         history = []
     x_train, x_test, y_test = load_data(cfg)
     model.check_data(x_train, "the training images")    # before anything is written
     model.check_data(x_test, "the test images")
+    labels = ({"labels": load_train_labels(cfg), "eval_labels": y_test} if isinstance(model, CVAE) else {})
     if overwrite and not resume and ckpt_path.exists():
         for name in RUN_FILES:                      # the replaced run's files would mislead
             (out / name).unlink(missing_ok=True)
@@ -583,7 +657,8 @@ def _train_locked(cfg: dict, out: Path, *, resume: bool, overwrite: bool, figure
                       rng=data_rng, eval_images=x_test, beta=cfg["beta"], warmup=cfg["warmup"],
                       clip=cfg["clip"], binarization=cfg["binarize"], history=history,
                       lr_schedule=(lambda e: iwae_lr(e, cfg["lr"])) if cfg["schedule"] == "iwae" else None,
-                      eval_seed=cfg["seed"], on_epoch_end=save, progress=Progress(stream), log=stream)
+                      eval_seed=cfg["seed"], on_epoch_end=save, progress=Progress(stream), log=stream,
+                      **labels)
     except (KeyboardInterrupt, OSError) as exc:
         kept = load_checkpoint(ckpt_path)
         with contextlib.suppress(OSError):   # an interrupted save may have left the history files behind

@@ -122,8 +122,9 @@ class TextbookStep:
                              "(npvae.Adam or npvae.SGD), not a fused one from npvae.fast")
         self.model, self.optimizer, self.clip = model, optimizer, clip
 
-    def loss_and_grads(self, x: Array) -> dict[str, float]:
-        self.report, self.grads = self.model.loss_and_grads(x)
+    def loss_and_grads(self, x: Array, y: Array | None = None) -> dict[str, float]:
+        """y: the batch's labels, for a conditional model (npvae.cvae.CVAE); None for the others."""
+        self.report, self.grads = self.model.loss_and_grads(x) if y is None else self.model.loss_and_grads(x, y)
         return self.report
 
     def update(self) -> None:
@@ -144,8 +145,10 @@ class TextbookStep:
 
 
 def evaluate_loss(model: Model, images: Array, *, batch_size: int = 1000,
-                  rng: np.random.Generator | None = None, binarization: str = "none") -> dict[str, float]:
-    """Per-image loss and its parts on a data set, one draw of eps per image (for a VAE).
+                  rng: np.random.Generator | None = None, binarization: str = "none",
+                  labels: Array | None = None) -> dict[str, float]:
+    """Per-image loss and its parts on a data set, one draw of eps per image (for a VAE or a CVAE,
+    which takes the images' labels (N,)).
 
     The draws (of eps, and of the pixels under dynamic binarization) come from `rng` (default: a
     fixed seed), never from the model's own generator, so evaluating does not change the course
@@ -162,7 +165,10 @@ def evaluate_loss(model: Model, images: Array, *, batch_size: int = 1000,
         x = to_batch(images, np.arange(start, min(n, start + batch_size)), model.dtype)
         if binarization != "none":
             x = binarize(x, binarization, rng=rng)
-        if isinstance(model, VAE):
+        if labels is not None:
+            eps = rng.standard_normal((x.shape[0], model.latent_dim), dtype=model.dtype)
+            report = model.loss(x, labels[start:start + x.shape[0]], eps=eps)
+        elif isinstance(model, VAE):
             eps = rng.standard_normal((x.shape[0], model.latent_dim), dtype=model.dtype)
             report = model.loss(x, eps=eps)
         else:
@@ -193,7 +199,8 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
         lr_schedule: Callable[[int], float] | None = None,
         history: list[dict] | None = None, eval_seed: int = 0,
         on_epoch_end: Callable[[list[dict]], None] | None = None,
-        progress: Progress | None = None, log: TextIO | None = None, fast: bool = True) -> list[dict]:
+        progress: Progress | None = None, log: TextIO | None = None, fast: bool = True,
+        labels: Array | None = None, eval_labels: Array | None = None) -> list[dict]:
     """Train `model` with `optimizer` until `epochs` epochs are complete; return the history.
 
     train_images: (N, D), uint8 or float in [0, 1]; eval_images: (M, D), evaluated after every
@@ -210,6 +217,10 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     model has one, else the textbook path. With a textbook optimizer the twin works on a fused
     copy of its state and writes it back after every epoch (m of Adam within one rounding).
 
+    labels: (N,) integer labels of train_images, for a conditional model (npvae.cvae.CVAE), which
+    needs them (eval_labels: those of eval_images); they are shuffled with the images and each
+    step calls model.loss_and_grads(x, y). Conditional models train on the textbook path.
+
     Each history row holds epoch, train_loss, train_recon, [train_kl], test_loss, test_recon,
     [test_kl], [beta], lr, seconds: per-image means; the train figures are averaged over the
     epoch's batches (while the model improves), the test figures use the end-of-epoch model.
@@ -218,12 +229,21 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
     model.check_data(train_images, "train_images")       # once, so the steps need not check each batch
     if eval_images is not None:
         model.check_data(eval_images, "eval_images")
+    conditional = hasattr(model, "check_y")
+    if conditional != (labels is not None) or (conditional and eval_images is not None) != (eval_labels is not None):
+        raise ValueError(f"labels= (and eval_labels= with eval_images) are for a conditional model, and a "
+                         f"conditional model needs them; got a {type(model).__name__} with labels "
+                         f"{'given' if labels is not None else 'not given'}")
+    if conditional:
+        labels = model.check_y(labels, len(train_images), "labels")
+        if eval_images is not None:
+            eval_labels = model.check_y(eval_labels, len(eval_images), "eval_labels")
     rng = as_generator(DEFAULT_SEED if rng is None else rng)
     step = fast_twin.training_step(model, optimizer, clip) if fast else None
     if step is None:
         step = TextbookStep(model, optimizer, clip)
     history = list(history or [])
-    is_vae = isinstance(model, VAE)
+    is_vae = isinstance(model, VAE) or conditional
     full_beta = model.beta if (is_vae and beta is None) else beta
     log = log if log is not None else sys.stdout
     n = train_images.shape[0]
@@ -242,7 +262,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
                 x = to_batch(train_images, idx, model.dtype, out=batch)
                 if binarization != "none":
                     x = binarize(x, binarization, rng=rng)
-                report = step.loss_and_grads(x)
+                report = step.loss_and_grads(x) if labels is None else step.loss_and_grads(x, labels[idx])
                 if not math.isfinite(report["loss"]):
                     raise TrainingDiverged(epoch, b, report["loss"])
                 step.update()
@@ -261,7 +281,7 @@ def fit(model: Model, optimizer: Optimizer, train_images: Array, *, epochs: int,
             row.update({f"train_{k}": totals[k] / n for k in parts})
             if eval_images is not None:
                 test = evaluate_loss(model, eval_images, rng=np.random.default_rng([eval_seed, epoch]),
-                                     binarization=binarization)
+                                     binarization=binarization, labels=eval_labels)
                 row.update({f"test_{k}": v for k, v in test.items()})
             _check_finite_epoch(epoch, row, model)
             if is_vae:

@@ -301,7 +301,7 @@ def test_ctrl_c_during_the_figures_names_the_missing_ones_and_npvae_figures_redr
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.config.update(beta="big"), "config 'beta' must be a finite number >= 0, got 'big'"),
     (lambda c: c.config.update(hidden=[16.5]), "config 'hidden' must be a list of integers >= 1"),
-    (lambda c: c.config.update(model="gan"), "config 'model' must be one of ['vae', 'ae'], got 'gan'"),
+    (lambda c: c.config.update(model="gan"), "config 'model' must be one of ['vae', 'ae', 'cvae'], got 'gan'"),
     (lambda c: c.rng_state.pop("data"), "rng_state['data'] is not the state of a numpy PCG64 generator"),
     (lambda c: c.rng_state["model"]["state"].update(state="x"), "rng_state['model'] is not the state"),
     (lambda c: c.history.__setitem__(0, [1, "x"]), "history row 0 must be an object with \"epoch\": 1"),
