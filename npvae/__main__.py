@@ -19,6 +19,11 @@ from pathlib import Path
 from .runs import DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
+def sigma2_setting(text: str) -> str | float:
+    """An argparse type for --sigma2: "learned", "optimal" or a finite number > 0."""
+    return text if text in ("learned", "optimal") else positive_float(text)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     # Every default is None here, so that we can tell which options were given (see _given).
@@ -26,8 +31,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="named settings; iwae-mnist: the IWAE paper's 784-200-200-50 tanh Bernoulli VAE "
                         "(options given as well override it)")
     p.add_argument("--model", choices=["vae", "ae"], help=f"variational or plain autoencoder (default {d['model']})")
-    p.add_argument("--likelihood", choices=["l2", "bernoulli"],
-                   help=f"reconstruction loss: the seed's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
+    p.add_argument("--likelihood", choices=["l2", "bernoulli", "gaussian"],
+                   help=f"reconstruction loss: the study note's L2, Bernoulli cross-entropy, or a Gaussian "
+                        f"N(x; mean, sigma^2 I) (default {d['likelihood']})")
+    p.add_argument("--sigma2", type=sigma2_setting, metavar="learned|optimal|VALUE",
+                   help="the Gaussian's variance: learned (a parameter), optimal (each batch's mean squared "
+                        f"error) or a fixed number; 0.5 is the L2 loss (default {d['sigma2']})")
+    p.add_argument("--decoder-output", choices=["sigmoid", "linear"],
+                   help="the Gaussian's mean: sigmoid of the decoder's output, or the output itself "
+                        f"(default {d['decoder_output']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                    help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
     p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")

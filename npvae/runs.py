@@ -42,6 +42,7 @@ DEFAULTS: dict = {
     "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
     "clip": None, "seed": 0, "dtype": "float32", "data_dir": None, "binarize": "none",
     "train_size": None, "test_size": None, "schedule": "constant", "adam_eps": 1e-8, "preset": None,
+    "sigma2": "learned", "decoder_output": "sigmoid",     # likelihood "gaussian" only
 }
 
 # Named settings. "iwae-mnist" is the one-stochastic-layer VAE of Burda, Grosse and
@@ -111,6 +112,9 @@ def run_name(cfg: dict) -> str:
         name, base = f"{cfg['model']}-{cfg['likelihood']}-{hidden(cfg['hidden'])}-z{cfg['latent']}", DEFAULTS
         if cfg["model"] == "vae" and cfg["beta"] != 1:
             name += f"-beta{cfg['beta']:g}"
+    if cfg.get("likelihood") == "gaussian":       # its noise level and output, e.g. "-sigma2-optimal-linear"
+        name += f"-sigma2-{cfg['sigma2']:g}" if not isinstance(cfg["sigma2"], str) else f"-sigma2-{cfg['sigma2']}"
+        name += "-linear" if cfg["decoder_output"] == "linear" else ""
     for key in _NAMED_SETTINGS:
         if cfg[key] != base[key]:
             name += f"-{key.replace('_', '')}{cfg[key]}"
@@ -134,7 +138,8 @@ def model_config(cfg: dict) -> dict:
     """The arguments of `build_model` for a run's settings."""
     return {"model": cfg["model"], "input_dim": 784, "hidden_dims": list(cfg["hidden"]),
             "latent_dim": cfg["latent"], "likelihood": cfg["likelihood"], "beta": cfg["beta"],
-            "activation": cfg["activation"], "dtype": cfg["dtype"]}
+            "activation": cfg["activation"], "dtype": cfg["dtype"], "sigma2": cfg["sigma2"],
+            "decoder_output": cfg["decoder_output"]}
 
 
 def make_run_optimizer(cfg: dict, model):
@@ -248,7 +253,9 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
     rng = np.random.default_rng(seed)
     paths = [figure_reconstruct(model, x_test, out), figure_sample(model, out, rng),
              *([figure_interpolate(model, x_test, out)] if len(x_test) >= 2 else []),
-             plots.training_curves(history, out / "training_curves.png", likelihood=model.likelihood,
+             plots.training_curves(history, out / "training_curves.png",
+                                   **({"recon_ylabel": "nats per image, -log N(x; mean, sigma^2 I)"}
+                                      if model.likelihood == "gaussian" else {"likelihood": model.likelihood}),
                                    title=f"{type(model).__name__} ({model.likelihood}): the two losses per epoch")]
     if model.latent_dim == 2:
         paths.append(plots.latent_scatter(_codes(model, x_test), y_test, out / "latent.png",
