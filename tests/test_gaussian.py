@@ -343,3 +343,23 @@ def test_linear_vae_trained_by_fit_reaches_probabilistic_pca():
 
 
 GAUSS_EPOCHS = 2000
+
+
+def test_linear_vae_loss_and_grads_match_the_hand_written_reference_of_test_ppca():
+    """The model's Gaussian loss and gradients against an independent, hand-written computation
+    (tests/test_ppca.py's gaussian_vae_loss_and_grads), learned and fixed sigma^2."""
+    from test_ppca import gaussian_vae_loss_and_grads
+    rng = np.random.default_rng(7)
+    x, eps = rng.standard_normal((9, 6)) + 0.5, rng.standard_normal((9, 3))
+    for sigma2 in ("learned", 0.4):
+        model = VAE(6, [], 3, likelihood="gaussian", sigma2=sigma2, decoder_output="linear", dtype=np.float64, rng=8)
+        if sigma2 == "learned":
+            model.params["log_sigma2"][...] = -0.9
+        p = {"A": model.params["head.W"], "a": model.params["head.b"], "W": model.params["dec0.W"],
+             "b": model.params["dec0.b"], "t": model.log_sigma2().copy()}
+        loss, grads = gaussian_vae_loss_and_grads(p, x, eps, learn_sigma2=sigma2 == "learned")
+        report, ours = model.loss_and_grads(x, eps)
+        assert report["loss"] == pytest.approx(loss, rel=1e-12)
+        for key, name in (("A", "head.W"), ("a", "head.b"), ("W", "dec0.W"), ("b", "dec0.b"), ("t", "log_sigma2")):
+            if name in ours:
+                np.testing.assert_allclose(ours[name], grads[key], rtol=1e-10, atol=1e-14)

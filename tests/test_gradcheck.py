@@ -26,7 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["Dense(5, 6)", "ReLU()", "LeakyReLU(alpha=0.01)", "Tanh()", "Sigmoid()", "Softplus()",
               "mlp(5-4-3, tanh)", "l2_reconstruction", "bernoulli_reconstruction", "kl_standard_normal",
               "softmax_cross_entropy", "Reparameterize", "Autoencoder(l2)", "VAE(l2)",
-              "Autoencoder(bernoulli)", "VAE(bernoulli)", "VAE(bernoulli, relu)"]
+              "Autoencoder(bernoulli)", "VAE(bernoulli)", "VAE(bernoulli, relu)",
+              "gaussian_reconstruction", "VAE(gaussian, sigma2=learned, sigmoid)",
+              "VAE(gaussian, sigma2=optimal, linear)", "VAE(gaussian, sigma2=0.3, sigmoid)",
+              "Autoencoder(gaussian, learned, linear)", "linear VAE(gaussian, learned)"]
 
 
 def test_constants():
