@@ -148,7 +148,8 @@ class _Model:
     # -- input checks -------------------------------------------------------------------------
 
     def check_x(self, x: Array, name: str = "x") -> Array:
-        """Check a batch of images and return it in the model's dtype. x: (N, D), values in [0, 1]."""
+        """Check a batch of images and return it in the model's dtype. x: (N, D), finite, and in
+        [0, 1] for the L2 and Bernoulli likelihoods (a Gaussian's data may be any real numbers)."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"{name} must have shape (N, {self.input_dim}), got shape {x.shape}")
@@ -169,7 +170,7 @@ class _Model:
 
     def check_data(self, images: Array, name: str = "images") -> None:
         """Check a whole data set once, before training on it: (N, D) with N >= 1, and either
-        uint8 pixels (0..255, divided by 255 batch by batch) or values in [0, 1]."""
+        uint8 pixels (0..255, divided by 255 batch by batch) or floats (in [0, 1] but for a Gaussian)."""
         images = np.asarray(images)
         if images.ndim != 2 or images.shape[1] != self.input_dim or images.shape[0] == 0:
             raise ValueError(f"{name} must have shape (N, {self.input_dim}) with N >= 1, got shape {images.shape}")

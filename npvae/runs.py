@@ -113,7 +113,8 @@ def run_name(cfg: dict) -> str:
         if cfg["model"] == "vae" and cfg["beta"] != 1:
             name += f"-beta{cfg['beta']:g}"
     if cfg.get("likelihood") == "gaussian":       # its noise level and output, e.g. "-sigma2-optimal-linear"
-        name += f"-sigma2-{cfg['sigma2']:g}" if not isinstance(cfg["sigma2"], str) else f"-sigma2-{cfg['sigma2']}"
+        s2 = cfg["sigma2"]
+        name += f"-sigma2-{s2}" if isinstance(s2, str) else f"-sigma2-{s2:g}"
         name += "-linear" if cfg["decoder_output"] == "linear" else ""
     for key in _NAMED_SETTINGS:
         if cfg[key] != base[key]:
