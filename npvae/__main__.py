@@ -36,6 +36,11 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def sigma2_setting(text: str) -> str | float:
+    """An argparse type for --sigma2: "learned", "optimal" or a finite number > 0."""
+    return text if text in ("learned", "optimal") else positive_float(text)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     # Every default is None here, so that we can tell which options were given (see _train).
@@ -44,7 +49,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "(options given as well override it)")
     p.add_argument("--model", choices=CHOICES["model"], help=f"variational or plain autoencoder, or the label-conditioned VAE (default {d['model']})")
     p.add_argument("--likelihood", choices=CHOICES["likelihood"],
-                   help=f"reconstruction loss: the study note's L2, or Bernoulli cross-entropy (default {d['likelihood']})")
+                   help=f"reconstruction loss: the study note's L2, Bernoulli cross-entropy, or a Gaussian "
+                        f"N(x; mean, sigma^2 I) (default {d['likelihood']})")
+    p.add_argument("--sigma2", type=sigma2_setting, metavar="learned|optimal|VALUE",
+                   help="the Gaussian's variance: learned (a parameter), optimal (each batch's mean squared "
+                        f"error) or a fixed number; 0.5 is the L2 loss (default {d['sigma2']})")
+    p.add_argument("--decoder-output", choices=["sigmoid", "linear"],
+                   help="the Gaussian's mean: sigmoid of the decoder's output, or the output itself "
+                        f"(default {d['decoder_output']})")
     p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
                    help=f"hidden layer sizes of the encoder; the decoder mirrors them (default {d['hidden'][0]})")
     p.add_argument("--latent", type=positive_int, metavar="Z", help=f"latent size (default {d['latent']})")

@@ -44,6 +44,11 @@ Which density the NLL refers to
   ``neg_elbo_density`` = ``neg_elbo`` + ``nll_constant`` is the bound under that density, and
   ``nll_iwae`` is under that density, constant included. It is a density on R^D, so it is not
   comparable with a Bernoulli NLL.
+* Gaussian likelihood: the loss is -log N(x; mean, sigma^2 I) with its constant, so every figure
+  is already under that density (``nll_constant`` 0). sigma^2 is the model's (learned or fixed);
+  for sigma2="optimal" it is the mean squared error per pixel of the reconstructions decode(mu)
+  of the evaluated images (one number, so that the ELBO and the IWAE estimate share one density).
+  A density of continuous pixels on R^D: not comparable with a Bernoulli NLL of binary ones.
 * An autoencoder has no encoder distribution and no prior: ELBO, IWAE and active units do not
   apply (reported as null); only the reconstruction error and the classifier figures are given.
 """
@@ -67,7 +72,7 @@ from .classifier import Classifier, get_classifier
 from .cvae import CVAE
 from .data import binarize, in_batches, load_mnist_uint8, to_float
 from .layers import as_generator
-from .models import VAE, Autoencoder
+from .models import SIGMA2_FLOOR, VAE, Autoencoder
 from .progress import Ticker, progress_stream
 from .runs import DEFAULTS, load_run, nonnegative_int, positive_int, run_folder
 
@@ -93,18 +98,43 @@ def nll_constant(likelihood: str, input_dim: int) -> float:
     Bernoulli: 0 (the binary cross-entropy is already -log p(x|z)).
     L2: (D/2) log(pi), the normalising constant of N(x; x_hat, I/2), whose negative log is
     sum (x - x_hat)^2 + (D/2) log(2 pi * 1/2). For D = 784 this is 448.734 nats.
+    Gaussian: 0 (its loss includes the constant).
     """
-    if likelihood == "bernoulli":
+    if likelihood in ("bernoulli", "gaussian"):
         return 0.0
     if likelihood == "l2":
         return 0.5 * input_dim * math.log(math.pi)
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
-def _recon_rows(likelihood: str, logits: Array, x: Array) -> Array:
-    """The training reconstruction loss of each decoded sample against its image: logits (B, K, D)
-    in the model's dtype, x (B, D). Returns (B, K) float64 (no constant)."""
-    return losses.RECONSTRUCTION_PER_EXAMPLE[likelihood](logits, x[:, None, :]).astype(np.float64)
+def evaluation_log_sigma2(model: Model, x: Array) -> Array | None:
+    """log sigma^2 (1,) of a Gaussian model's density for evaluating x (N, D); None for the others.
+    The model's own (learned or fixed), or for sigma2="optimal" the log of the mean squared error
+    per pixel of the reconstructions decode(mu) of x (floored as in training)."""
+    if model.likelihood != "gaussian":
+        return None
+    if model.sigma2 != "optimal":
+        return model.log_sigma2().astype(np.float64)
+    x = model.check_x(x)
+    sse = sum(float(np.sum((reconstructions(model, x[s:s + 1000]).astype(np.float64) - x[s:s + 1000]) ** 2))
+              for s in range(0, len(x), 1000))
+    return np.log([max(sse / x.size, SIGMA2_FLOOR)])
+
+
+def _decode_rows(model: Model, z: Array, y: Array | None = None) -> Array:
+    """The decoder's output for the codes z (M, Z) (and a CVAE's labels y), in the model's dtype:
+    the logits, or for the Gaussian its mean (decode(z))."""
+    if model.likelihood == "gaussian":
+        return model.decode(z)
+    return model.decode_logits(z) if y is None else model.decode_logits(z, y)
+
+
+def _recon_rows(model: Model, out: Array, x: Array, log_sigma2: Array | None) -> Array:
+    """The reconstruction loss of each decoded sample against its image: out (B, K, D) from
+    _decode_rows, x (B, D). Returns (B, K) float64 (the Gaussian's with its constant, in float64)."""
+    if model.likelihood == "gaussian":
+        return losses.gaussian_per_example(out.astype(np.float64), x[:, None, :].astype(np.float64), log_sigma2)
+    return losses.RECONSTRUCTION_PER_EXAMPLE[model.likelihood](out, x[:, None, :]).astype(np.float64)
 
 
 def _encode64(model: VAE | CVAE, x: Array, y: Array | None = None) -> tuple[Array, Array]:
@@ -113,18 +143,19 @@ def _encode64(model: VAE | CVAE, x: Array, y: Array | None = None) -> tuple[Arra
 
 
 def _sample_terms(model: VAE | CVAE, x: Array, mu: Array, logvar: Array, eps: Array,
-                  y: Array | None = None) -> tuple[Array, Array]:
+                  y: Array | None = None, log_sigma2: Array | None = None) -> tuple[Array, Array]:
     """For K draws per image: the reconstruction loss and log p(z) - log q(z|x).
 
     x: (B, D) model dtype; mu, logvar: (B, Z) float64; eps: (B, K, Z) float64; y: (B,) labels
-    for a CVAE (then q is q(z|x,y) and the decoder p(x|z,y)).
+    for a CVAE (then q is q(z|x,y) and the decoder p(x|z,y)); log_sigma2: the Gaussian's
+    (evaluation_log_sigma2), None for the other likelihoods.
     Returns (recon (B, K), log_pz_minus_log_qz (B, K)), float64; recon has no constant.
     """
     b, k, z_dim = eps.shape
     z = mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps                 # (B, K, Z) float64
     z_rows = z.reshape(b * k, z_dim).astype(model.dtype)                       # decoded in the model's dtype
-    logits = model.decode_logits(z_rows) if y is None else model.decode_logits(z_rows, np.repeat(y, k))
-    recon = _recon_rows(model.likelihood, logits.reshape(b, k, -1), x)
+    out = _decode_rows(model, z_rows, None if y is None else np.repeat(y, k))
+    recon = _recon_rows(model, out.reshape(b, k, -1), x, log_sigma2)
     # log N(z; 0, I) - log N(z; mu, sigma^2 I) with z = mu + sigma eps: the 2 pi terms cancel.
     log_ratio = 0.5 * (np.einsum("bkz,bkz->bk", eps, eps) - np.einsum("bkz,bkz->bk", z, z)) \
         + 0.5 * logvar.sum(axis=1)[:, None]
@@ -197,20 +228,21 @@ def elbo_per_example(model: VAE, x: Array, n_draws: int = DEFAULT_DRAWS,
         y = model.check_y(y, n)
     eps = _check_eps(eps, n, n_draws, z_dim, "eps")
     rng = as_generator(rng) if eps is None else None
+    log_sigma2 = evaluation_log_sigma2(model, x)
     out = {k: np.empty(n) for k in ("neg_elbo", "recon", "kl", "recon_at_mu")}
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         xb, yb = x[sl], (None if y is None else y[sl])
         mu, logvar = _encode64(model, xb, yb)
         e = eps[sl] if eps is not None else rng.standard_normal((xb.shape[0], n_draws, z_dim))
-        recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb)
+        recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb, log_sigma2)
         out["recon"][sl] = recon.mean(axis=1)
         if kl_estimator == "analytic":
             out["kl"][sl] = losses.kl_per_example(mu, logvar)
         else:
             out["kl"][sl] = -log_ratio.mean(axis=1)
-        at_mu = model.decode_logits(mu.astype(model.dtype), *([] if yb is None else [yb]))
-        out["recon_at_mu"][sl] = _recon_rows(model.likelihood, at_mu[:, None, :], xb)[:, 0]
+        at_mu = _decode_rows(model, mu.astype(model.dtype), yb)
+        out["recon_at_mu"][sl] = _recon_rows(model, at_mu[:, None, :], xb, log_sigma2)[:, 0]
     out["neg_elbo"] = out["recon"] + out["kl"]
     return out
 
@@ -259,6 +291,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
     images_per_batch = max(1, min(batch_size, chunk_rows // k))
     draws_per_chunk = min(k, max(1, chunk_rows // images_per_batch))
     const = nll_constant(model.likelihood, model.input_dim)
+    log_sigma2 = evaluation_log_sigma2(model, x)
     ticker = Ticker(f"IWAE K={k}", n, progress_stream(progress))
     out = np.empty(n)
     log_w = np.empty((images_per_batch, k))
@@ -270,7 +303,7 @@ def log_px_iwae(model: VAE, x: Array, k: int = DEFAULT_K, rng: np.random.Generat
         for k0 in range(0, k, draws_per_chunk):
             k1 = min(k, k0 + draws_per_chunk)
             e = eps[sl, k0:k1] if eps is not None else rng.standard_normal((b, k1 - k0, z_dim))
-            recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb)
+            recon, log_ratio = _sample_terms(model, xb, mu, logvar, e, yb, log_sigma2)
             log_w[:b, k0:k1] = log_ratio - recon - const
         out[sl] = logmeanexp(log_w[:b], axis=1)
         ticker.update(sl.stop)
@@ -431,6 +464,9 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
         "epochs_trained": ckpt.epoch, "split": split, "n_images": int(len(x)), "data": data_what, "seed": seed,
     }
     notes: list[str] = []
+    if model.likelihood == "gaussian":
+        res.update(sigma2=float(np.exp(evaluation_log_sigma2(model, x)[0])), sigma2_setting=model.sigma2,
+                   decoder_output=model.decoder_output)
     if is_vae:
         e = elbo(model, x, n_draws=n_draws, rng=np.random.default_rng(elbo_seed), y=labels)
         res.update(neg_elbo=e["neg_elbo"], recon=e["recon"], kl=e["kl"], recon_at_mu=e["recon_at_mu"],
@@ -452,7 +488,14 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
                          "encoded and decoded with its own label; the prior of z is N(0, I) for every label")
         res.update(active_units=n_active, latent_dim=model.latent_dim,
                    active_unit_threshold=ACTIVE_UNIT_THRESHOLD, latent_variances=[float(v) for v in var])
-        if model.likelihood == "l2":
+        if model.likelihood == "gaussian":
+            notes.append(f"Gaussian likelihood: recon is -log N(x; mean, sigma^2 I) with its constant, sigma^2 = "
+                         f"{res['sigma2']:.6g}" + (" (sigma2='optimal': the mean squared error per pixel of "
+                                                    "decode(mu) on these images)" if model.sigma2 == "optimal" else
+                                                    f" ({'learned' if model.sigma2 == 'learned' else 'fixed'})")
+                         + f"; neg_elbo and nll_iwae are under that density on R^{model.input_dim}, a density of "
+                           "continuous pixels: not comparable with a Bernoulli NLL")
+        elif model.likelihood == "l2":
             notes.append(f"L2 likelihood: the loss sum (x - x_hat)^2 is -log N(x; x_hat, sigma^2 I) with "
                          f"sigma^2 = 1/2, minus its constant (D/2) log(pi) = {const:.3f} nats. neg_elbo, recon "
                          f"and recon_at_mu leave the constant out (training-loss units); neg_elbo_density and "
@@ -464,8 +507,10 @@ def evaluate_run(run_dir: str | os.PathLike, k: int = DEFAULT_K, split: str = "t
         else:
             notes.append("Bernoulli likelihood on binary pixels: nll_iwae is the standard MNIST NLL in nats")
     else:
-        per_image = losses.RECONSTRUCTION_PER_EXAMPLE[model.likelihood]
-        recon = float(np.mean(in_batches(lambda batch: per_image(model.decode_logits(model.encode(batch)), batch), x)))
+        log_sigma2 = evaluation_log_sigma2(model, x)
+        recon = float(np.mean(in_batches(
+            lambda batch: _recon_rows(model, _decode_rows(model, model.encode(batch))[:, None, :], batch, log_sigma2)[:, 0],
+            x)))
         res.update(neg_elbo=None, recon=recon, kl=None, recon_at_mu=None, nll_iwae=None, iwae_k=None,
                    active_units=None, latent_dim=model.latent_dim)
         notes.append("autoencoder: no encoder distribution and no prior, so the ELBO, the IWAE "
@@ -519,8 +564,10 @@ def format_table(results: dict) -> str:
     """The results of evaluate_run as a text table (quantity, value, what it means)."""
     r = results
     rows: list[tuple[str, str, str]] = []
-    l2 = r.get("likelihood") == "l2"
-    recon_name = "L2, sum (x - x_hat)^2" if l2 else "Bernoulli cross-entropy"
+    l2, gaussian = r.get("likelihood") == "l2", r.get("likelihood") == "gaussian"
+    recon_name = ("L2, sum (x - x_hat)^2" if l2 else
+                  f"Gaussian, -log N(x; mean, sigma^2 I), sigma^2 = {_fmt(r.get('sigma2'), '.4g')}" if gaussian
+                  else "Bernoulli cross-entropy")
     if r.get("neg_elbo") is not None:
         rows += [
             ("negative ELBO", _fmt(r["neg_elbo"]),
@@ -534,7 +581,8 @@ def format_table(results: dict) -> str:
             rows.append(("negative ELBO, density", _fmt(r.get("neg_elbo_density")),
                          f"+ (D/2) log(pi) = {_fmt(r.get('nll_constant'))}: under N(x; x_hat, I/2)"))
         rows.append((f"NLL, IWAE K={r.get('iwae_k')}", _fmt(r.get("nll_iwae")),
-                     ("under N(x; x_hat, I/2), constant included" if l2 else "nats/image")
+                     ("under N(x; x_hat, I/2), constant included" if l2 else
+                      "under N(x; mean, sigma^2 I), constant included" if gaussian else "nats/image")
                      + f"; +- {_fmt(r.get('nll_iwae_std_error'))} s.e. over images"))
         rows.append(("active units", f"{r.get('active_units')}/{r.get('latent_dim')}",
                      f"var over x of E[z|x] > {r.get('active_unit_threshold')}"))

@@ -177,7 +177,7 @@ def away_from_kink(x: Array, margin: float = 0.05) -> Array:
 
 
 def run_all(seed: int = 0) -> list[Row]:
-    """Check every layer, activation, loss, the reparameterization, both models (two likelihoods)
+    """Check every layer, activation, loss, the reparameterization, both models (three likelihoods)
     and the conditional models of npvae.cvae."""
     rng = np.random.default_rng(seed)
     f64 = np.float64
@@ -195,6 +195,9 @@ def run_all(seed: int = 0) -> list[Row]:
     rows += check_function("l2_reconstruction", losses.l2_reconstruction, {"logits": logits, "x": x01})
     rows += check_function("bernoulli_reconstruction", losses.bernoulli_reconstruction,
                            {"logits": logits.copy(), "x": x01})
+    # the Gaussian loss in its mean and its log-variance t = log sigma^2 (x held fixed)
+    rows += check_function("gaussian_reconstruction", lambda mean, t, x: losses.gaussian_reconstruction(mean, x, t),
+                           {"mean": rng.uniform(0, 1, (N, D)), "log_sigma2": np.array([-0.7]), "x": x01})
     mu, logvar = rng.standard_normal((N, Z)), rng.standard_normal((N, Z))
     rows += check_function("kl_standard_normal", losses.kl_standard_normal, {"mu": mu, "logvar": logvar})
     rows += check_function("softmax_cross_entropy", losses.softmax_cross_entropy,
@@ -210,6 +213,19 @@ def run_all(seed: int = 0) -> list[Row]:
         rows += check_model(vae, x, eps)
     relu_vae = VAE(D, [6], Z, likelihood="bernoulli", activation="relu", dtype=f64, rng=rng)
     rows += check_model(relu_vae, x, eps, name="VAE(bernoulli, relu)")
+    # the Gaussian likelihood: a learned log sigma^2 (a parameter), the "optimal" sigma^2 (whose
+    # gradient is the fixed-sigma^2 one: the envelope theorem, checked here), a fixed one; the
+    # linear VAE (no hidden layers, linear output) on data outside [0, 1]
+    for sigma2, output in (("learned", "sigmoid"), ("optimal", "linear"), (0.3, "sigmoid")):
+        vae = VAE(D, [5], Z, likelihood="gaussian", sigma2=sigma2, decoder_output=output, activation="tanh",
+                  dtype=f64, rng=rng)
+        rows += check_model(vae, x, eps, name=f"VAE(gaussian, sigma2={sigma2}, {output})")
+    ae = Autoencoder(D, [5], Z, activation="tanh", dtype=f64, rng=rng, likelihood="gaussian", decoder_output="linear")
+    ae.params["log_sigma2"][...] = -0.5
+    rows += check_model(ae, x, name="Autoencoder(gaussian, learned, linear)")
+    linear = VAE(D, [], Z, likelihood="gaussian", decoder_output="linear", dtype=f64, rng=rng)
+    linear.params["log_sigma2"][...] = 0.4
+    rows += check_model(linear, 3 * x - 1, eps, name="linear VAE(gaussian, learned)")
 
     # The conditional models (npvae.cvae): the label join, the Gaussian-to-Gaussian KL, the CVAE
     # with both likelihoods, and the quadrant task's baseline and structured CVAE (on 4 x 4 images).

@@ -6,12 +6,16 @@ those of that batch mean, so they carry a factor 1 / N. The `*_per_example` func
 the per-example sums (N,) without gradients, for evaluation: they sum over the last axis, so
 logits of shape (N, K, D), K decodes of each image, against x of shape (N, 1, D) give (N, K).
 
-The decoder outputs logits (N, D); the image it predicts is x_hat = sigmoid(logits).
+The decoder outputs logits (N, D); the image it predicts is x_hat = sigmoid(logits). The
+Gaussian loss takes the decoder's mean itself (a sigmoid of the logits, or the raw output), and
+the log-variance t = log sigma^2 shared by every pixel.
 
 Shapes: N batch size, D pixels, Z latent dimensions, C classes.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -63,6 +67,31 @@ def bernoulli_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
     n = x.shape[0]
     loss = bernoulli_per_pixel(logits, x).sum() / n
     return float(loss), (sigmoid(logits) - x) * (1 / n)
+
+
+def gaussian_per_example(mean: Array, x: Array, log_sigma2: Array) -> Array:
+    """-log N(x; mean, sigma^2 I), constant included: 0.5 * sum_d [(x_d - mean_d)^2 / sigma^2 + t + log 2 pi].
+
+    mean, x: (N, D); log_sigma2 t = log sigma^2: shape (1,) (one variance for every pixel). -> (N,).
+    At sigma^2 = 1/2 this is sum_d (x_d - mean_d)^2 + (D/2) log pi: the L2 loss plus a constant.
+    """
+    return 0.5 * np.sum((x - mean) ** 2 * np.exp(-log_sigma2) + log_sigma2 + math.log(2 * math.pi), axis=-1)
+
+
+def gaussian_reconstruction(mean: Array, x: Array, log_sigma2: Array) -> tuple[float, Array, Array]:
+    """Gaussian negative log-likelihood L = mean_n gaussian_per_example(mean, x, log_sigma2)_n.
+
+    mean, x: (N, D); log_sigma2: (1,). Returns (L, dL/dmean (N, D), dL/dlog_sigma2 (1,)).
+    """
+    # With t = log sigma^2, l_n = 0.5 sum_d [(x - m)^2 e^-t + t + log 2 pi] and L = mean_n l_n:
+    #   dL/dm = (m - x) e^-t / N
+    #   dL/dt = 0.5 sum_nd [1 - (x - m)^2 e^-t] / N = D / 2 - SSE e^-t / (2 N),  SSE = sum_nd (x - m)^2.
+    n, d = x.shape
+    diff = mean - x
+    inv_var = np.exp(-log_sigma2)                                  # (1,): 1 / sigma^2
+    sse = np.sum(diff ** 2)
+    loss = 0.5 * (sse * inv_var[0] + n * d * (log_sigma2[0] + math.log(2 * math.pi))) / n
+    return float(loss), diff * (inv_var / n), 0.5 * d - 0.5 * sse * inv_var / n
 
 
 RECONSTRUCTION = {"l2": l2_reconstruction, "bernoulli": bernoulli_reconstruction}

@@ -3,6 +3,10 @@
 Autoencoder:  x -> encoder -> z -> decoder -> logits, x_hat = sigmoid(logits)
 VAE:          x -> encoder -> (mu, logvar) -> z = mu + exp(0.5 * logvar) * eps -> decoder -> logits
 
+likelihood="gaussian" reads the decoder's output as the mean of N(x; mean, sigma^2 I), with
+mean = sigmoid(logits) (decoder_output="sigmoid") or the raw output itself ("linear"), and one
+variance sigma^2 for every pixel: learned, "optimal" (each batch's mean squared error) or fixed.
+
 Shapes: N batch, D input (784 for MNIST), H hidden, Z latent.
 """
 
@@ -15,7 +19,22 @@ from .layers import Dense, Layer, Sequential, as_generator, mlp, sigmoid
 
 Array = np.ndarray
 
-LIKELIHOODS = ("l2", "bernoulli")
+LIKELIHOODS = ("l2", "bernoulli", "gaussian")
+DECODER_OUTPUTS = ("sigmoid", "linear")
+SIGMA2_FLOOR = 1e-6       # the "optimal" sigma^2 never goes below this (a batch reconstructed exactly)
+
+
+class NoiseVariance(Layer):
+    """The Gaussian decoder's learned log-variance t = log sigma^2, one number for every pixel.
+
+    A parameter without a forward pass: params["log_sigma2"] and grads["log_sigma2"], shape (1,),
+    starting at 0 (sigma^2 = 1). The model's loss fills the gradient.
+    """
+
+    def __init__(self, dtype) -> None:
+        super().__init__()
+        self.params = {"log_sigma2": np.zeros(1, dtype=dtype)}
+        self.grads = {"log_sigma2": np.zeros(1, dtype=dtype)}
 
 
 class Reparameterize:
@@ -33,6 +52,22 @@ class Reparameterize:
     def backward(self, dz: Array) -> tuple[Array, Array]:
         # dz/dmu = 1 and dz/dlogvar = 0.5 * sigma * eps, with the eps of the forward pass.
         return dz, dz * (0.5 * self.sigma * self.eps)
+
+
+def _key(layer: str, param: str) -> str:
+    """A parameter's name in model.params: "enc0.W"; a layer named after its one parameter gives it
+    that name alone ("log_sigma2")."""
+    return param if layer == param else f"{layer}.{param}"
+
+
+def _sigma2(value):
+    """The Gaussian's sigma2 setting: "learned", "optimal" or a finite number > 0 (as a float)."""
+    if isinstance(value, str) and value in ("learned", "optimal"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (value > 0 and np.isfinite(value)):
+        raise ValueError(f"sigma2 must be 'learned', 'optimal' or a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _size(value, what: str) -> int:
@@ -58,7 +93,7 @@ class _Model:
     decoder: Sequential
 
     def __init__(self, input_dim, hidden_dims, latent_dim, likelihood: str, activation: str, dtype, rng,
-                 decoder_hidden_dims) -> None:
+                 decoder_hidden_dims, sigma2="learned", decoder_output: str = "sigmoid") -> None:
         self.input_dim, self.latent_dim = _size(input_dim, "input_dim"), _size(latent_dim, "latent_dim")
         self.hidden_dims = _sizes(hidden_dims, "hidden_dims")
         # The decoder mirrors the encoder unless told otherwise: 784-400-20 decodes 20-400-784.
@@ -71,21 +106,35 @@ class _Model:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.likelihood, self.activation = likelihood, activation
         self.rng = as_generator(rng)
+        if decoder_output not in DECODER_OUTPUTS:
+            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, got {decoder_output!r}")
+        if decoder_output == "linear" and likelihood != "gaussian":
+            raise ValueError(f"decoder_output='linear' gives the mean of a Gaussian: it needs likelihood='gaussian', "
+                             f"not {likelihood!r}")
+        self.decoder_output = decoder_output
+        self.sigma2 = _sigma2(sigma2) if likelihood == "gaussian" else None
+        if likelihood != "gaussian" and sigma2 != "learned":
+            raise ValueError(f"sigma2={sigma2!r} is the noise of likelihood='gaussian', not of {likelihood!r}")
+        # a learned sigma^2 is a parameter of its own, "log_sigma2", beside the layers' ones
+        self.noise = NoiseVariance(self.dtype) if self.sigma2 == "learned" else None
 
     def _name_layers(self, parts: dict[str, Layer]) -> None:
-        """Name the Dense layers ("enc0", "head", "dec1", ...) and collect their parameters."""
+        """Name the Dense layers ("enc0", "head", "dec1", ...) and collect their parameters
+        ("enc0.W", ...; a learned sigma^2 is "log_sigma2" itself)."""
         self.layers: dict[str, Layer] = {}
         for prefix, part in parts.items():
             if isinstance(part, Sequential):
                 self.layers.update({f"{prefix}{i}": layer for i, layer in enumerate(part.dense_layers)})
             else:
                 self.layers[prefix] = part
-        self.params = {f"{n}.{k}": p for n, layer in self.layers.items() for k, p in layer.params.items()}
+        if getattr(self, "noise", None) is not None:      # (a CVAE part builds no noise)
+            self.layers["log_sigma2"] = self.noise
+        self.params = {_key(n, k): p for n, layer in self.layers.items() for k, p in layer.params.items()}
 
     @property
     def grads(self) -> dict[str, Array]:
         """The gradients of the last `loss_and_grads`, with the keys of `params`."""
-        return {f"{n}.{k}": g for n, layer in self.layers.items() for k, g in layer.grads.items()}
+        return {_key(n, k): g for n, layer in self.layers.items() for k, g in layer.grads.items()}
 
     @property
     def num_params(self) -> int:
@@ -93,12 +142,14 @@ class _Model:
 
     def __repr__(self) -> str:
         sizes = "-".join(map(str, [self.input_dim, *self.hidden_dims, self.latent_dim]))
-        return f"{type(self).__name__}({sizes}, {self.likelihood}, {self.num_params:,} parameters)"
+        noise = "" if self.sigma2 is None else f" sigma2={self.sigma2}, {self.decoder_output} output,"
+        return f"{type(self).__name__}({sizes}, {self.likelihood},{noise} {self.num_params:,} parameters)"
 
     # -- input checks -------------------------------------------------------------------------
 
     def check_x(self, x: Array, name: str = "x") -> Array:
-        """Check a batch of images and return it in the model's dtype. x: (N, D), values in [0, 1]."""
+        """Check a batch of images and return it in the model's dtype. x: (N, D), finite, and in
+        [0, 1] for the L2 and Bernoulli likelihoods (a Gaussian's data may be any real numbers)."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"{name} must have shape (N, {self.input_dim}), got shape {x.shape}")
@@ -113,13 +164,13 @@ class _Model:
         lo, hi = x.min(), x.max()             # min and max propagate NaN: they find NaN and inf too
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError(f"{name} contains NaN or inf")
-        if lo < 0 or hi > 1:                  # the decoder's images lie in [0, 1]
+        if self.likelihood != "gaussian" and (lo < 0 or hi > 1):   # a Gaussian is a density on all reals
             raise ValueError(f"{name} must have values in [0, 1] (the {self.likelihood} likelihood's targets), "
                              f"got values in [{lo:g}, {hi:g}]")
 
     def check_data(self, images: Array, name: str = "images") -> None:
         """Check a whole data set once, before training on it: (N, D) with N >= 1, and either
-        uint8 pixels (0..255, divided by 255 batch by batch) or values in [0, 1]."""
+        uint8 pixels (0..255, divided by 255 batch by batch) or floats (in [0, 1] but for a Gaussian)."""
         images = np.asarray(images)
         if images.ndim != 2 or images.shape[1] != self.input_dim or images.shape[0] == 0:
             raise ValueError(f"{name} must have shape (N, {self.input_dim}) with N >= 1, got shape {images.shape}")
@@ -141,14 +192,52 @@ class _Model:
     # -- decoding -----------------------------------------------------------------------------
 
     def decode_logits(self, z: Array) -> Array:
-        """Decoder output before the sigmoid. z: (N, Z) -> (N, D)."""
+        """Decoder output before the sigmoid (with decoder_output="linear": the mean). z: (N, Z) -> (N, D)."""
         return self.decoder.forward(self._check_z(z))
 
     def decode(self, z: Array) -> Array:
         """Decoded images x_hat = sigmoid(decoder(z)), values in [0, 1]. z: (N, Z) -> (N, D).
 
-        (In (0, 1) but for rounding: float32 gives exactly 1 for logits above about 17.)"""
-        return sigmoid(self.decode_logits(z))
+        (In (0, 1) but for rounding: float32 gives exactly 1 for logits above about 17.)
+        With decoder_output="linear", the decoder's raw output, the Gaussian's mean: any reals."""
+        return self._mean(self.decode_logits(z))
+
+    def _mean(self, out: Array) -> Array:
+        return sigmoid(out) if self.decoder_output == "sigmoid" else out
+
+    # -- the reconstruction loss ------------------------------------------------------------
+
+    def log_sigma2(self, mean: Array | None = None, x: Array | None = None) -> Array:
+        """t = log sigma^2 of the Gaussian decoder, shape (1,): the learned parameter, log of the
+        fixed value, or for sigma2="optimal" log SSE / (N D), the batch's mean squared error
+        (mean, x: (N, D)) floored at sigma^2 = SIGMA2_FLOOR (1e-6)."""
+        if self.sigma2 == "learned":
+            return self.noise.params["log_sigma2"]
+        if self.sigma2 == "optimal":
+            return np.log(np.maximum([np.mean((x - mean) ** 2)], SIGMA2_FLOOR)).astype(self.dtype)
+        return np.log(np.array([self.sigma2], dtype=self.dtype))
+
+    def _reconstruction_per_example(self, out: Array, x: Array) -> Array:
+        """The reconstruction loss of each example from the decoder's output out. out, x: (N, D) -> (N,)."""
+        if self.likelihood != "gaussian":
+            return losses.RECONSTRUCTION_PER_EXAMPLE[self.likelihood](out, x)
+        mean = self._mean(out)
+        return losses.gaussian_per_example(mean, x, self.log_sigma2(mean, x))
+
+    def _reconstruction(self, out: Array, x: Array) -> tuple[float, Array]:
+        """The batch's reconstruction loss and its gradient dL/dout (N, D); for a learned sigma^2
+        it also fills grads["log_sigma2"]."""
+        if self.likelihood != "gaussian":
+            return losses.RECONSTRUCTION[self.likelihood](out, x)
+        mean = self._mean(out)
+        # "optimal": sigma^2 minimises the loss, so dL/dsigma^2 = 0 there and its dependence on the
+        # mean adds nothing to dL/dmean (the envelope theorem): the fixed-sigma^2 gradient is exact.
+        recon, dmean, dlog_sigma2 = losses.gaussian_reconstruction(mean, x, self.log_sigma2(mean, x))
+        if self.noise is not None:
+            self.noise.grads["log_sigma2"] = dlog_sigma2
+        if self.decoder_output == "linear":
+            return recon, dmean
+        return recon, dmean * mean * (1 - mean)          # mean = sigmoid(out): dmean/dout = mean (1 - mean)
 
     def codes(self, x: Array, batch_size: int = 1000) -> Array:
         """The point in latent space of each image, `batch_size` images at a time: the centre mu
@@ -166,14 +255,16 @@ class _Model:
         return {"model": self.kind, "input_dim": self.input_dim,
                 "hidden_dims": list(self.hidden_dims), "latent_dim": self.latent_dim,
                 "decoder_hidden_dims": list(self.decoder_hidden_dims), "likelihood": self.likelihood,
-                "activation": self.activation, "dtype": str(self.dtype)}
+                "activation": self.activation, "dtype": str(self.dtype),
+                "sigma2": self.sigma2, "decoder_output": self.decoder_output}
 
 
 class Autoencoder(_Model):
     """A plain autoencoder: x -> encoder -> z (the embedding) -> decoder -> x_hat.
 
     Trained with the study note's L2 loss (sum over pixels of (x - x_hat)^2, mean over the
-    batch) by default; likelihood="bernoulli" uses the binary cross-entropy instead.
+    batch) by default; likelihood="bernoulli" uses the binary cross-entropy instead, and
+    "gaussian" the Gaussian's negative log-density (sigma2, decoder_output: see the module).
     hidden_dims: one int or a list (the encoder's hidden sizes; the decoder mirrors them).
     """
 
@@ -181,8 +272,10 @@ class Autoencoder(_Model):
 
     def __init__(self, input_dim: int, hidden_dims: int | list[int], latent_dim: int, activation: str = "relu",
                  dtype=np.float32, rng: np.random.Generator | int | None = None, *,
-                 likelihood: str = "l2", decoder_hidden_dims: list[int] | None = None) -> None:
-        super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, dtype, rng, decoder_hidden_dims)
+                 likelihood: str = "l2", decoder_hidden_dims: list[int] | None = None, sigma2="learned",
+                 decoder_output: str = "sigmoid") -> None:
+        super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, dtype, rng, decoder_hidden_dims,
+                         sigma2, decoder_output)
         # encoder: D -> H... -> Z, linear at the end; decoder: Z -> H... -> D logits.
         self.encoder = mlp([self.input_dim, *self.hidden_dims, self.latent_dim], activation,
                            rng=self.rng, dtype=self.dtype)
@@ -199,7 +292,7 @@ class Autoencoder(_Model):
     def loss(self, x: Array) -> dict[str, float]:
         """Forward pass only: {"loss", "recon"}, per-image batch means."""
         x = self.check_x(x)
-        recon, _ = losses.RECONSTRUCTION[self.likelihood](self.decoder.forward(self.encoder.forward(x)), x)
+        recon = float(self._reconstruction_per_example(self.decoder.forward(self.encoder.forward(x)), x).mean())
         return {"loss": recon, "recon": recon}
 
     def loss_and_grads(self, x: Array) -> tuple[dict[str, float], dict[str, Array]]:
@@ -208,7 +301,7 @@ class Autoencoder(_Model):
         x = self.check_x(x)
         z = self.encoder.forward(x)                          # (N, Z)
         logits = self.decoder.forward(z)                     # (N, D)
-        recon, dlogits = losses.RECONSTRUCTION[self.likelihood](logits, x)
+        recon, dlogits = self._reconstruction(logits, x)
         self.encoder.backward(self.decoder.backward(dlogits))
         return {"loss": recon, "recon": recon}, self.grads
 
@@ -220,7 +313,10 @@ class VAE(_Model):
     loss = reconstruction + beta * KL(N(mu, exp(logvar)) || N(0, I)), per image.
 
     The head is one Dense layer of width 2Z whose output is split into mu and logvar.
-    hidden_dims: one int or a list (the encoder's hidden sizes; the decoder mirrors them).
+    hidden_dims: one int or a list (the encoder's hidden sizes; the decoder mirrors them). With
+    hidden_dims=[], likelihood="gaussian" and decoder_output="linear" the VAE is linear,
+    q(z|x) = N(A x + a, diag(exp(logvar))), p(x|z) = N(W z + b, sigma^2 I): probabilistic PCA's
+    model (npvae.ppca has its exact answer).
     """
 
     kind = "vae"
@@ -228,8 +324,10 @@ class VAE(_Model):
     def __init__(self, input_dim: int, hidden_dims: int | list[int], latent_dim: int, likelihood: str = "l2",
                  beta: float = 1.0, activation: str = "relu", dtype=np.float32,
                  rng: np.random.Generator | int | None = None, *,
-                 decoder_hidden_dims: list[int] | None = None) -> None:
-        super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, dtype, rng, decoder_hidden_dims)
+                 decoder_hidden_dims: list[int] | None = None, sigma2="learned",
+                 decoder_output: str = "sigmoid") -> None:
+        super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, dtype, rng, decoder_hidden_dims,
+                         sigma2, decoder_output)
         self.beta = beta
         # encoder: D -> H... with the activation after every layer (no hidden layers: the identity).
         self.encoder = (mlp([self.input_dim, *self.hidden_dims], activation, final_activation=activation,
@@ -296,7 +394,7 @@ class VAE(_Model):
         x = self.check_x(x)
         mu, logvar = self._encode(x)
         logits = self.decoder.forward(self.reparam.forward(mu, logvar, self.draw_eps(len(x), eps)))
-        recon = float(losses.RECONSTRUCTION_PER_EXAMPLE[self.likelihood](logits, x).mean())
+        recon = float(self._reconstruction_per_example(logits, x).mean())
         kl = float(losses.kl_per_example(mu, logvar).mean())
         return {"loss": recon + self.beta * kl, "recon": recon, "kl": kl}
 
@@ -311,7 +409,7 @@ class VAE(_Model):
         mu, logvar = self._encode(x)                                  # (N, Z) each
         z = self.reparam.forward(mu, logvar, self.draw_eps(len(x), eps))
         logits = self.decoder.forward(z)                              # (N, D)
-        recon, dlogits = losses.RECONSTRUCTION[self.likelihood](logits, x)
+        recon, dlogits = self._reconstruction(logits, x)
         kl, dkl_dmu, dkl_dlogvar = losses.kl_standard_normal(mu, logvar)
 
         # loss = recon(decoder(z)) + beta * KL(mu, logvar) with z = mu + sigma * eps: mu and logvar
@@ -330,7 +428,9 @@ def build_model(config: dict, rng: np.random.Generator | int | None = None) -> A
     common = dict(input_dim=config["input_dim"], hidden_dims=config["hidden_dims"],
                   latent_dim=config["latent_dim"], activation=config.get("activation", "relu"),
                   dtype=config.get("dtype", "float32"), rng=rng,
-                  decoder_hidden_dims=config.get("decoder_hidden_dims"))
+                  decoder_hidden_dims=config.get("decoder_hidden_dims"),
+                  # absent from configs written before the Gaussian likelihood: today's defaults
+                  sigma2=config.get("sigma2") or "learned", decoder_output=config.get("decoder_output", "sigmoid"))
     kind = config.get("model", "vae")
     if kind == "vae":
         return VAE(likelihood=config.get("likelihood", "l2"), beta=config.get("beta", 1.0), **common)

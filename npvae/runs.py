@@ -52,6 +52,7 @@ DEFAULTS: dict = {
     "beta": 1.0, "warmup": 0, "epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
     "clip": None, "seed": 0, "dtype": "float32", "data_dir": None, "binarize": "none",
     "train_size": None, "test_size": None, "schedule": "constant", "adam_eps": 1e-8, "preset": None,
+    "sigma2": "learned", "decoder_output": "sigmoid",     # likelihood "gaussian" only
     "threads": None,    # the BLAS threads it trained with (they change the matrix products' rounding)
 }
 
@@ -69,7 +70,8 @@ PRESETS: dict[str, dict] = {
 CHANGEABLE_ON_RESUME = ("epochs", "lr", "clip", "threads")
 # The settings that take one of a few names: the command line's choices, and what a checkpoint may hold.
 CHOICES: dict[str, tuple] = {
-    "model": ("vae", "ae", "cvae"), "likelihood": ("l2", "bernoulli"),
+    "model": ("vae", "ae", "cvae"), "likelihood": ("l2", "bernoulli", "gaussian"),
+    "decoder_output": ("sigmoid", "linear"),
     "activation": ("relu", "leaky_relu", "tanh", "sigmoid", "softplus"), "optimizer": ("adam", "sgd"),
     "dtype": ("float32", "float64"), "binarize": ("none", "static", "dynamic"), "schedule": ("constant", "iwae"),
     "preset": (None, *PRESETS),
@@ -137,6 +139,8 @@ _SETTING_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "test_size": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
     "adam_eps": ("a finite number > 0", lambda v: _finite(v, 0, strict=True)),
     "threads": ("null or an integer >= 1", lambda v: v is None or _whole(v, 1)),
+    "sigma2": ("'learned', 'optimal' or a finite number > 0",
+               lambda v: v in ("learned", "optimal") or _finite(v, 0, strict=True)),
 }
 
 
@@ -190,6 +194,10 @@ def run_name(cfg: dict) -> str:
         name, base = f"{cfg['model']}-{cfg['likelihood']}-{hidden(cfg['hidden'])}-z{cfg['latent']}", DEFAULTS
         if cfg["model"] in ("vae", "cvae") and cfg["beta"] != 1:
             name += f"-beta{cfg['beta']:g}"
+    if cfg.get("likelihood") == "gaussian":       # its noise level and output, e.g. "-sigma2-optimal-linear"
+        s2 = cfg["sigma2"]
+        name += f"-sigma2-{s2}" if isinstance(s2, str) else f"-sigma2-{s2:g}"
+        name += "-linear" if cfg["decoder_output"] == "linear" else ""
     for key in _NAMED_SETTINGS:
         if cfg[key] != base[key]:
             name += f"-{key.replace('_', '')}{cfg[key]}"
@@ -213,8 +221,8 @@ def model_config(cfg: dict) -> dict:
     """The arguments of `build_model` for a run's settings."""
     return {"model": cfg["model"], "input_dim": 784, "hidden_dims": list(cfg["hidden"]),
             "latent_dim": cfg["latent"], "likelihood": cfg["likelihood"], "beta": cfg["beta"],
-            "activation": cfg["activation"], "dtype": cfg["dtype"],
-            **({"num_classes": 10} if cfg["model"] == "cvae" else {})}
+            "activation": cfg["activation"], "dtype": cfg["dtype"], "sigma2": cfg["sigma2"],
+            "decoder_output": cfg["decoder_output"], **({"num_classes": 10} if cfg["model"] == "cvae" else {})}
 
 
 def build_run_model(config: dict, rng=None):
@@ -521,9 +529,10 @@ def write_figures(model, history: list[dict], x_test: np.ndarray, y_test: np.nda
                    ("samples.png", lambda: figure_sample(model, out, rng))]
         if len(x_test) >= 2:
             figures.append(("interpolation.png", lambda: figure_interpolate(model, x_test, out)))
+    curves_units = ({"recon_ylabel": "nats per image, -log N(x; mean, sigma^2 I)"} if model.likelihood == "gaussian"
+                    else {"likelihood": model.likelihood})
     figures.append(("training_curves.png", lambda: plots.training_curves(
-        history, out / "training_curves.png", likelihood=model.likelihood,
-        title=curves_title(model))))
+        history, out / "training_curves.png", **curves_units, title=curves_title(model))))
     if model.latent_dim == 2 and not isinstance(model, CVAE):
         figures.append(("latent.png", lambda: plots.latent_scatter(
             _codes(model, x_test), y_test, out / "latent.png", title="Test set in latent space, coloured by digit")))
@@ -550,7 +559,7 @@ def require_matplotlib() -> None:
                           "without them") from None
 
 
-LOSS_NAMES = {"l2": "L2 loss", "bernoulli": "Bernoulli loss"}
+LOSS_NAMES = {"l2": "L2 loss", "bernoulli": "Bernoulli loss", "gaussian": "Gaussian loss"}
 
 
 def curves_title(model) -> str:

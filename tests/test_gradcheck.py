@@ -27,7 +27,10 @@ COMPONENTS = ["Dense(5, 6)", "ReLU()", "LeakyReLU(alpha=0.01)", "Tanh()", "Sigmo
               "mlp(5-4-3, tanh)", "l2_reconstruction", "bernoulli_reconstruction", "kl_standard_normal",
               "softmax_cross_entropy", "Reparameterize", "Autoencoder(l2)", "VAE(l2)",
               "Autoencoder(bernoulli)", "VAE(bernoulli)", "VAE(bernoulli, relu)",
-              "LabelJoin(3)", "kl_gaussians", "CVAE(l2)", "CVAE(bernoulli)", "Baseline(quadrants)", "StructuredCVAE"]
+              "LabelJoin(3)", "kl_gaussians", "CVAE(l2)", "CVAE(bernoulli)", "Baseline(quadrants)", "StructuredCVAE",
+              "gaussian_reconstruction", "VAE(gaussian, sigma2=learned, sigmoid)",
+              "VAE(gaussian, sigma2=optimal, linear)", "VAE(gaussian, sigma2=0.3, sigmoid)",
+              "Autoencoder(gaussian, learned, linear)", "linear VAE(gaussian, learned)"]
 
 
 def test_constants():

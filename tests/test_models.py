@@ -634,8 +634,8 @@ def test_latent_of_the_wrong_shape_is_an_error(model):
 
 
 def test_bad_constructor_arguments_are_errors():
-    with pytest.raises(ValueError, match="gaussian"):
-        VAE(4, [3], 2, likelihood="gaussian")
+    with pytest.raises(ValueError, match="poisson"):          # ("gaussian" is a likelihood since issue 15)
+        VAE(4, [3], 2, likelihood="poisson")
     with pytest.raises(ValueError, match="float16"):
         VAE(4, [3], 2, dtype=np.float16)
     with pytest.raises(ValueError, match="beta"):

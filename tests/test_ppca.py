@@ -372,7 +372,7 @@ def test_known_model_fixed_sigma2_keeps_exactly_the_predicted_dimensions():
 # --------------------------------------------------------------------------------------------
 
 def test_linear_vae_arrays_reads_a_linear_vae():
-    model = VAE(6, [], 3, dtype=np.float64, rng=0)
+    model = VAE(6, [], 3, likelihood="gaussian", sigma2=0.25, decoder_output="linear", dtype=np.float64, rng=0)
     arrays = ppca.linear_vae_arrays(model, log_sigma2=np.log([0.25]))
     assert arrays.A.shape == (6, 6) and arrays.a.shape == (6,)
     assert arrays.W.shape == (3, 6) and arrays.b.shape == (6,) and arrays.sigma2 == pytest.approx(0.25)
@@ -389,18 +389,17 @@ def test_linear_vae_arrays_reads_a_linear_vae():
 
 
 def test_linear_vae_arrays_reads_log_sigma2_from_the_params():
-    model = VAE(4, [], 2, dtype=np.float64, rng=0)
-
-    class WithSigma:                                              # what the model will carry
-        hidden_dims, decoder_hidden_dims, decoder_output = [], [], "linear"
-        params = {**model.params, "log_sigma2": np.array([-1.5])}
-
-    assert ppca.linear_vae_arrays(WithSigma()).sigma2 == pytest.approx(math.exp(-1.5))
-    with pytest.raises(ValueError, match="no parameter 'log_sigma2'"):
-        ppca.linear_vae_arrays(model)
-    WithSigma.decoder_output = "sigmoid"
+    model = VAE(4, [], 2, likelihood="gaussian", decoder_output="linear", dtype=np.float64, rng=0)
+    model.params["log_sigma2"][...] = -1.5
+    assert ppca.linear_vae_arrays(model).sigma2 == pytest.approx(math.exp(-1.5))
+    fixed = VAE(4, [], 2, likelihood="gaussian", sigma2=0.3, decoder_output="linear", dtype=np.float64, rng=0)
+    with pytest.raises(ValueError, match="no parameter 'log_sigma2'"):       # a fixed sigma2 is no parameter
+        ppca.linear_vae_arrays(fixed)
+    assert ppca.linear_vae_arrays(fixed, fixed.log_sigma2()).sigma2 == pytest.approx(0.3)
     with pytest.raises(ValueError, match="decoder_output='linear'"):
-        ppca.linear_vae_arrays(WithSigma())
+        ppca.linear_vae_arrays(VAE(4, [], 2, likelihood="gaussian", dtype=np.float64, rng=0))
+    with pytest.raises(ValueError, match="decoder_output='linear'"):         # the L2 VAE: a sigmoid output
+        ppca.linear_vae_arrays(VAE(4, [], 2, rng=0), log_sigma2=0.0)
 
 
 def test_linear_vae_arrays_refuses_a_model_with_hidden_layers():
@@ -409,7 +408,8 @@ def test_linear_vae_arrays_refuses_a_model_with_hidden_layers():
     with pytest.raises(ValueError, match="hidden_dims"):
         ppca.linear_vae_arrays(VAE(4, [], 2, rng=0, decoder_hidden_dims=[3]), log_sigma2=0.0)
     with pytest.raises(ValueError, match="one finite number"):
-        ppca.linear_vae_arrays(VAE(4, [], 2, rng=0), log_sigma2=[0.0, 1.0])
+        ppca.linear_vae_arrays(VAE(4, [], 2, likelihood="gaussian", decoder_output="linear", rng=0),
+                               log_sigma2=[0.0, 1.0])
 
 
 # --------------------------------------------------------------------------------------------
