@@ -33,7 +33,7 @@ import numpy as np
 
 import _common as C
 from npvae import plots
-from npvae.cvae import Baseline, StructuredCVAE, masked_input, quadrant_mask
+from npvae.cvae import Baseline, StructuredCVAE, quadrant_mask
 from npvae.data import load_mnist_uint8, minibatch_indices, to_float, train_val_split
 from npvae.optim import Adam
 

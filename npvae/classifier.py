@@ -26,7 +26,6 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .data import as_float, cache_root, in_batches, load_mnist_uint8
 from .fast import FusedAdam, SequentialTwin
 from .layers import Sequential, mlp
-from .optim import Adam
 from .progress import Ticker, progress_stream
 
 Array = np.ndarray

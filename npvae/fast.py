@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import layers, losses, optim
-from .layers import sigmoid
 from .models import VAE, Autoencoder
 
 Array = np.ndarray

@@ -69,7 +69,6 @@ def test_the_pool_splits_the_range_and_every_part_runs_once():
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_fused_adam_gives_the_same_bits_on_any_number_of_threads(n_threads):
-    rng = np.random.default_rng(0)
     shapes = {"a": (7, 5), "b": (5,), "c": (11,)}
     results = []
     for threads_used in (1, n_threads):
