@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "explore.html"
         page.write_text(explore.render(explore.page_data(vae, x_test, y_test, name=name)), encoding="utf-8")
-        print(f"The page: {page.stat().st_size / 1e6:.2f} MB for {x_test.shape[0]} test images coded, "
+        C.heading("The page")
+        print(f"{page.stat().st_size / 1e6:.2f} MB for {x_test.shape[0]} test images coded, "
               f"{min(explore.N_SHOWN, len(x_test))} carried")
         C.wrote(screenshot(page, args.out / "explore.png"))
     C.done(args)

@@ -264,12 +264,12 @@ def test_init_comparison_baseline_is_npvae_train_and_the_rules_differ(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["linear_vae", "balance"])
 def test_quick_run_without_out_writes_outside_the_committed_figures(name, tmp_path, runs_dir):
-    """`--quick` with the default --out writes into RUNS/quick-figures, not demos/figures."""
+    """`--quick` with the default --out writes into runs/quick-figures (C.QUICK_FIGURES), not demos/figures."""
     committed = {f: (C.FIGURES / f).stat().st_mtime_ns for f in FIGURES[name] if (C.FIGURES / f).exists()}
     env = {**os.environ, "MPLBACKEND": "Agg"}
     result = subprocess.run([sys.executable, str(DEMOS_DIR / f"{name}.py"), "--quick", "--runs", str(runs_dir)],
                             capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     for figure in FIGURES[name]:
-        assert (runs_dir / "quick-figures" / figure).is_file()
+        assert (C.QUICK_FIGURES / figure).is_file()
     assert committed == {f: (C.FIGURES / f).stat().st_mtime_ns for f in committed}
