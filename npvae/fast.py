@@ -10,8 +10,9 @@ are the textbook's bit for bit (tests/test_fast.py proves it), but:
 - all parameters live in one flat buffer, and so do all gradients, so that the optimizer
   updates every parameter with a few whole-buffer operations (a "fused" update);
 - work whose result is thrown away is skipped (the gradient of the input images);
-- Adam keeps decaying sums instead of running means (10 whole-buffer passes instead of 12) and
-  flushes values that would decay into subnormal numbers (slow on many CPUs) to zero.
+- Adam keeps decaying sums instead of running means (10 whole-buffer passes instead of 12),
+  flushes values that would decay into subnormal numbers (slow on many CPUs) to zero, and splits
+  its update over a small pool of threads (`Pool`, $NPVAE_THREADS; the same bits on any number).
 
 A layer, loss or model without a twin here still trains: `twin(model)` returns None for a model
 it does not know, and `fit` then runs the textbook path by itself. A new layer type inside a
