@@ -82,7 +82,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="threads for matrix products and the fast path's elementwise work (default: the cores "
-                        "free when the command starts; OPENBLAS_NUM_THREADS if set)")
+                        "free when the command starts; OPENBLAS_NUM_THREADS if set; with --resume, the run's own)")
 
 
 def build_parser() -> argparse.ArgumentParser:
