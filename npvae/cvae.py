@@ -23,7 +23,8 @@ import numpy as np
 
 from . import losses
 from .layers import Dense, Sequential, as_generator, mlp, sigmoid
-from .models import VAE, Reparameterize, _Model, _size, _sizes
+from .checks import size as _size, sizes as _sizes
+from .models import VAE, Reparameterize, _Model
 
 Array = np.ndarray
 

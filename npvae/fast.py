@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import layers, losses, optim
+from . import checks, layers, losses, optim
 from .models import VAE, Autoencoder
 
 Array = np.ndarray
@@ -528,7 +528,7 @@ class FusedOptimizer:
         mine = self.state_dict()
         if state.keys() != mine.keys():
             raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
-        checked = {k: optim.check_state_entry(k, state[k], mine[k].shape) for k in mine}
+        checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
         for k, v in checked.items():
             self._set_state(k, v)
 

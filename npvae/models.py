@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import losses
+from . import checks, losses
 from .layers import Dense, Layer, Sequential, as_generator, mlp, sigmoid
 
 Array = np.ndarray
 
-LIKELIHOODS = ("l2", "bernoulli", "gaussian")
-DECODER_OUTPUTS = ("sigmoid", "linear")
+LIKELIHOODS, DECODER_OUTPUTS = checks.LIKELIHOODS, checks.DECODER_OUTPUTS
 SIGMA2_FLOOR = 1e-6       # the "optimal" sigma^2 never goes below this (a batch reconstructed exactly)
 
 
@@ -60,32 +59,6 @@ def _key(layer: str, param: str) -> str:
     return param if layer == param else f"{layer}.{param}"
 
 
-def _sigma2(value):
-    """The Gaussian's sigma2 setting: "learned", "optimal" or a finite number > 0 (as a float)."""
-    if isinstance(value, str) and value in ("learned", "optimal"):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (value > 0 and np.isfinite(value)):
-        raise ValueError(f"sigma2 must be 'learned', 'optimal' or a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _size(value, what: str) -> int:
-    """A layer size: a whole number >= 1 (not a float, a string or a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what}={value!r}: sizes must be whole numbers >= 1")
-    return int(value)
-
-
-def _sizes(values, what: str) -> list[int]:
-    """Hidden sizes: one int (one hidden layer) or a list of ints ([] for none)."""
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{what} must be an int or a list of ints, got {values!r}")
-    return [_size(h, f"each of {what}") for h in values]
-
-
 class _Model:
     """What both models share: argument checks, the decoder, and the named parameters."""
 
@@ -94,27 +67,14 @@ class _Model:
 
     def __init__(self, input_dim, hidden_dims, latent_dim, likelihood: str, activation: str, dtype, rng,
                  decoder_hidden_dims, sigma2="learned", decoder_output: str = "sigmoid") -> None:
-        self.input_dim, self.latent_dim = _size(input_dim, "input_dim"), _size(latent_dim, "latent_dim")
-        self.hidden_dims = _sizes(hidden_dims, "hidden_dims")
+        self.input_dim, self.latent_dim = checks.size(input_dim, "input_dim"), checks.size(latent_dim, "latent_dim")
+        self.hidden_dims = checks.sizes(hidden_dims, "hidden_dims")
         # The decoder mirrors the encoder unless told otherwise: 784-400-20 decodes 20-400-784.
         self.decoder_hidden_dims = (self.hidden_dims[::-1] if decoder_hidden_dims is None
-                                    else _sizes(decoder_hidden_dims, "decoder_hidden_dims"))
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.likelihood, self.activation = likelihood, activation
+                                    else checks.sizes(decoder_hidden_dims, "decoder_hidden_dims"))
+        self.likelihood, self.activation, self.decoder_output = likelihood, activation, decoder_output
+        self.dtype, self.sigma2 = checks.likelihood_settings(likelihood, dtype, decoder_output, sigma2)
         self.rng = as_generator(rng)
-        if decoder_output not in DECODER_OUTPUTS:
-            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, got {decoder_output!r}")
-        if decoder_output == "linear" and likelihood != "gaussian":
-            raise ValueError(f"decoder_output='linear' gives the mean of a Gaussian: it needs likelihood='gaussian', "
-                             f"not {likelihood!r}")
-        self.decoder_output = decoder_output
-        self.sigma2 = _sigma2(sigma2) if likelihood == "gaussian" else None
-        if likelihood != "gaussian" and sigma2 != "learned":
-            raise ValueError(f"sigma2={sigma2!r} is the noise of likelihood='gaussian', not of {likelihood!r}")
         # a learned sigma^2 is a parameter of its own, "log_sigma2", beside the layers' ones
         self.noise = NoiseVariance(self.dtype) if self.sigma2 == "learned" else None
 
@@ -145,49 +105,20 @@ class _Model:
         noise = "" if self.sigma2 is None else f" sigma2={self.sigma2}, {self.decoder_output} output,"
         return f"{type(self).__name__}({sizes}, {self.likelihood},{noise} {self.num_params:,} parameters)"
 
-    # -- input checks -------------------------------------------------------------------------
+    # -- input checks (npvae.checks): clear errors for bad input -----------------------------
 
     def check_x(self, x: Array, name: str = "x") -> Array:
-        """Check a batch of images and return it in the model's dtype. x: (N, D), finite, and in
-        [0, 1] for the L2 and Bernoulli likelihoods (a Gaussian's data may be any real numbers)."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"{name} must have shape (N, {self.input_dim}), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch (shape (0, {self.input_dim}))")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise ValueError(f"{name} must be a floating-point array (pixels scaled to [0, 1]), got dtype {x.dtype}")
-        self._check_values(x, name)
-        return x.astype(self.dtype, copy=False)
-
-    def _check_values(self, x: Array, name: str) -> None:
-        lo, hi = x.min(), x.max()             # min and max propagate NaN: they find NaN and inf too
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or inf")
-        if self.likelihood != "gaussian" and (lo < 0 or hi > 1):   # a Gaussian is a density on all reals
-            raise ValueError(f"{name} must have values in [0, 1] (the {self.likelihood} likelihood's targets), "
-                             f"got values in [{lo:g}, {hi:g}]")
+        """Check a batch of images (N, D) and return it in the model's dtype: finite, and in [0, 1]
+        for the L2 and Bernoulli likelihoods (a Gaussian's data may be any real numbers)."""
+        return checks.batch(x, self.input_dim, self.likelihood, self.dtype, name)
 
     def check_data(self, images: Array, name: str = "images") -> None:
         """Check a whole data set once, before training on it: (N, D) with N >= 1, and either
         uint8 pixels (0..255, divided by 255 batch by batch) or floats (in [0, 1] but for a Gaussian)."""
-        images = np.asarray(images)
-        if images.ndim != 2 or images.shape[1] != self.input_dim or images.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (N, {self.input_dim}) with N >= 1, got shape {images.shape}")
-        if images.dtype != np.uint8:
-            if not np.issubdtype(images.dtype, np.floating):
-                raise ValueError(f"{name} must be uint8 pixels or floats in [0, 1], got dtype {images.dtype}")
-            self._check_values(images, name)
+        checks.data_set(images, self.input_dim, self.likelihood, name)
 
     def _check_z(self, z: Array, name: str = "z") -> Array:
-        z = np.asarray(z)
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{name} must have shape (N, {self.latent_dim}), got shape {z.shape}")
-        if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
-            raise ValueError(f"{name} must hold real numbers, got dtype {z.dtype}")
-        if z.size and not np.isfinite(z).all():
-            raise ValueError(f"{name} contains NaN or inf")
-        return z.astype(self.dtype, copy=False)
+        return checks.codes(z, self.latent_dim, self.dtype, name)
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -346,12 +277,7 @@ class VAE(_Model):
 
     @beta.setter
     def beta(self, value: float) -> None:
-        # Far above 1 beta * dKL overflows float32 (3.4e38) on its way back through the encoder
-        # and the gradients become inf or NaN; 1e30 leaves room for gradients of size 1e8.
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not 0 <= value <= 1e30:
-            raise ValueError(f"beta must be a number in [0, 1e30], got {value!r}")
-        self._beta = float(value)
+        self._beta = checks.beta(value)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """The Gaussian of each image. x: (N, D) -> (mu, logvar), each (N, Z)."""

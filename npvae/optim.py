@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from . import checks
+
 Array = np.ndarray
 
 
@@ -49,28 +51,12 @@ class Optimizer:
         mine = self.state_dict()
         if state.keys() != mine.keys():
             raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
-        checked = {k: check_state_entry(k, state[k], mine[k].shape) for k in mine}
+        checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
         for k, v in checked.items():
             self._set_state(k, v)
 
     def _set_state(self, key: str, value: Array) -> None:
         raise NotImplementedError
-
-
-def check_state_entry(key: str, value, shape: tuple[int, ...]) -> Array:
-    """One entry of a saved optimizer state, checked: its shape, finite real numbers, a step
-    count "t" that is a whole number >= 0, and sums of squares ("v...") >= 0."""
-    value = np.asarray(value)
-    if value.shape != shape:
-        raise ValueError(f"optimizer state {key!r} has shape {value.shape}, expected {shape}")
-    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)) \
-            or not np.isfinite(value).all():
-        raise ValueError(f"optimizer state {key!r} must hold finite real numbers, got dtype {value.dtype}")
-    if key == "t" and not (value == int(value) and value >= 0):
-        raise ValueError(f"optimizer state 't' (the step count) must be a whole number >= 0, got {value}")
-    if key.split(".")[0] in ("v", "v_sum") and (value < 0).any():
-        raise ValueError(f"optimizer state {key!r} (a mean of squares) must be >= 0")
-    return value
 
 
 class SGD(Optimizer):
