@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import checks, layers, losses, optim
+from . import layers, losses, optim
 from .models import VAE, Autoencoder
 
 Array = np.ndarray
@@ -524,13 +524,7 @@ class FusedOptimizer:
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Restore a state from `state_dict()`, or from the textbook optimizer's (converted)."""
-        state = self._from_textbook(state) if set(state) != set(self.state_dict()) else state
-        mine = self.state_dict()
-        if state.keys() != mine.keys():
-            raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
-        checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
-        for k, v in checked.items():
-            self._set_state(k, v)
+        optim.load_checked_state(self, self._from_textbook(state) if set(state) != set(self.state_dict()) else state)
 
     def _flatten(self, state: dict[str, Array], prefix: str) -> Array | None:
         """The entries "<prefix>.<param name>" of a textbook state as one flat array (None if absent)."""

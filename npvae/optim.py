@@ -48,15 +48,21 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Restore a state saved by `state_dict()`. Every entry is checked (names, shapes, finite
         real numbers) before any is set: a refused state leaves the optimizer as it was."""
-        mine = self.state_dict()
-        if state.keys() != mine.keys():
-            raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
-        checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
-        for k, v in checked.items():
-            self._set_state(k, v)
+        load_checked_state(self, state)
 
     def _set_state(self, key: str, value: Array) -> None:
         raise NotImplementedError
+
+
+def load_checked_state(optimizer, state: dict[str, Array]) -> None:
+    """Check every entry of `state` against optimizer.state_dict() (the same names and shapes,
+    finite real numbers), then set them all with optimizer._set_state: all or nothing."""
+    mine = optimizer.state_dict()
+    if state.keys() != mine.keys():
+        raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
+    checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
+    for k, v in checked.items():
+        optimizer._set_state(k, v)
 
 
 class SGD(Optimizer):
