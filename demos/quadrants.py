@@ -19,6 +19,8 @@ What it writes:
   quadrants.json       {"1": {"baseline", "cvae_elbo", "cvae_iw"}, "2": {...}, "3": {...}}
   quadrants_N.png      per case: input, truth, the baseline's prediction, CVAE completions
   quadrants_runs.json  epochs trained and seconds of each model
+  (while it runs, quadrants_partial.json holds the finished cases: run it again after a crash or
+  a kill and it goes on from the first unfinished case)
 
     python demos/quadrants.py [--out DIR] [--quick] [--seed N]
 """
@@ -95,9 +97,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(x_train):,} training, {len(x_val):,} validation and {len(x_test):,} test images; "
           f"at most {sizes['max_epochs']} epochs, patience {PATIENCE}")
 
-    results, details = {}, {}
+    # Each finished case is saved at once to quadrants_partial.json, so that a run stopped by a crash
+    # or a kill starts again at the first unfinished case (the full task takes hours).
+    partial_path = args.out / "quadrants_partial.json"
+    settings = {"quick": args.quick, "sizes": sizes, "seed": args.seed}
+    partial = {"settings": settings, "results": {}, "details": {}}
+    if partial_path.exists():
+        earlier = json.loads(partial_path.read_text())
+        if earlier.get("settings") == settings:
+            partial = earlier
+    results, details = partial["results"], partial["details"]
     for n_visible in (1, 2, 3):
         C.heading(f"{n_visible} visible quadrant{'s' if n_visible > 1 else ''}")
+        if str(n_visible) in results and (args.out / f"quadrants_{n_visible}.png").exists():
+            r = results[str(n_visible)]
+            print(f"  done by an earlier run ({C._show(partial_path)}): baseline {r['baseline']:.2f}, "
+                  f"CVAE -ELBO {r['cvae_elbo']:.2f}, CVAE -log p(y|x) {r['cvae_iw']:.2f}", flush=True)
+            continue
         seeds = np.random.SeedSequence([args.seed, n_visible]).spawn(6)
         visible = quadrant_mask(n_visible)
         baseline = Baseline(visible, 784, HIDDEN, rng=np.random.default_rng(seeds[0]))
@@ -117,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  test: baseline {r['baseline']:.2f}, CVAE -ELBO {r['cvae_elbo']:.2f}, CVAE -log p(y|x) {r['cvae_iw']:.2f}")
         C.wrote(figure(baseline, cvae, x_test, y_test, n_visible, args.out / f"quadrants_{n_visible}.png",
                        np.random.default_rng(args.seed)))
+        tmp = partial_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(partial, indent=1) + "\n")
+        tmp.replace(partial_path)
 
     C.heading(f"Negative conditional log-likelihood of the hidden pixels, nats per test image ({len(x_test):,} images)")
     print(f"  {'visible':>7s}  {'baseline CE':>11s}  {f'CVAE -ELBO ({ELBO_DRAWS} draws)':>22s}  {f'CVAE -log p(y|x), K={IW_K}':>22s}")
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "quadrants_runs.json").write_text(json.dumps({"quick": args.quick, "sizes": sizes, **details},
                                                              indent=1) + "\n")
     C.wrote(args.out / "quadrants_runs.json")
+    partial_path.unlink()
     C.done(args)
 
 
