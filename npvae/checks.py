@@ -122,6 +122,6 @@ def state_entry(key: str, value, shape: tuple[int, ...]) -> Array:
         raise ValueError(f"optimizer state {key!r} must hold finite real numbers, got dtype {value.dtype}")
     if key == "t" and not (value == int(value) and value >= 0):
         raise ValueError(f"optimizer state 't' (the step count) must be a whole number >= 0, got {value}")
-    if key.split(".")[0] in ("v", "v_sum") and (value < 0).any():
+    if key.split(".")[0] == "v" and (value < 0).any():
         raise ValueError(f"optimizer state {key!r} (a mean of squares) must be >= 0")
     return value

@@ -10,9 +10,9 @@ are the textbook's bit for bit (tests/test_fast.py proves it), but:
 - all parameters live in one flat buffer, and so do all gradients, so that the optimizer
   updates every parameter with a few whole-buffer operations (a "fused" update);
 - work whose result is thrown away is skipped (the gradient of the input images);
-- Adam keeps decaying sums instead of running means (10 whole-buffer passes instead of 12),
-  flushes values that would decay into subnormal numbers (slow on many CPUs) to zero, and splits
-  its update over a small pool of threads (`Pool`, $NPVAE_THREADS; the same bits on any number).
+- Adam runs the textbook's operations one whole-buffer pass each (the same bits), flushes values
+  that would decay into subnormal numbers (slow on many CPUs) to zero, and splits its update
+  over a small pool of threads (`Pool`, $NPVAE_THREADS; the same bits on any number).
 
 A layer, loss or model without a twin here still trains: `twin(model)` returns None for a model
 it does not know, and `fit` then runs the textbook path by itself. A new layer type inside a
@@ -578,22 +578,24 @@ FLUSH_EVERY, FLUSH_BELOW = 100, 1e-30
 
 
 class FusedAdam(FusedOptimizer):
-    """optim.Adam over the flat buffer, with decaying sums in place of the running means:
+    """optim.Adam over the flat buffer: the textbook's float32 operations in the textbook's
+    order, each written into the state or a scratch array, so the same bits (tests/test_fast.py):
 
-        m_sum <- b1 m_sum + g                    m = (1 - b1) m_sum
-        v_sum <- b2 v_sum + g^2                  v = (1 - b2) v_sum
+        m <- b1 m + (1 - b1) g                  v <- b2 v + (1 - b2) g^2
+        p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-    two passes over the buffer instead of three, and three instead of four (see `_update`). The
-    factors (1 - b) move into two scalars of the update, so the steps are Adam's up to rounding.
-    `moments()` gives m and v.
+    Fourteen passes over the buffer, one per operation. (Keeping decaying sums m / (1 - b1) and
+    v / (1 - b2) and folding the constants into two scalars takes ten, but rounds otherwise, and
+    two runs that round otherwise part once a ReLU switches on one of them only.)
 
-    Subnormal numbers: a parameter whose gradient becomes exactly 0 (a dead unit) has its m_sum
-    multiplied by b1 at every step. Near the smallest float32 that product rounds back to itself,
-    so it never reaches 0, and arithmetic on such subnormal values is many times slower on many
-    CPUs (Adam's step went from 1.8 to 6.5 ms on an Intel Xeon). Every FLUSH_EVERY steps the
-    entries of m_sum and v_sum below FLUSH_BELOW in size are set to 0: b1^100 = 2.7e-5, so an
-    entry never decays from FLUSH_BELOW into the subnormal range (below 1.2e-38) between two
-    flushes. Their effect on a parameter (at most lr * 1e-30 / eps) is far below its rounding.
+    Subnormal numbers, the one departure from the textbook: a parameter whose gradient becomes
+    exactly 0 (a dead unit) has its m multiplied by b1 at every step. Near the smallest float32
+    that product rounds back to itself, so it never reaches 0, and arithmetic on such subnormal
+    values is many times slower on many CPUs (Adam's step went from 1.8 to 6.5 ms on an Intel
+    Xeon). Every FLUSH_EVERY steps the entries of m and v below FLUSH_BELOW in size are set to 0:
+    b1^100 = 2.7e-5, so an entry never decays from FLUSH_BELOW into the subnormal range (below
+    1.2e-38) between two flushes. Their effect on a parameter (at most lr * 1e-30 / eps) is far
+    below its rounding; the state then differs from the textbook's in those entries only.
     """
 
     def __init__(self, params: dict[str, Array], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -604,51 +606,51 @@ class FusedAdam(FusedOptimizer):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.b1, self.b2, self.eps = float(b1), float(b2), optim._positive("eps", eps)
         self.t = 0
-        self.m_sum = np.zeros_like(self.flat)
-        self.v_sum = np.zeros_like(self.flat)
+        self.m = np.zeros_like(self.flat)
+        self.v = np.zeros_like(self.flat)
+        self._work = np.empty_like(self.flat)          # a second scratch array, beside `scratch`
 
     def _begin_step(self) -> None:
         self.t += 1
 
     def _update(self, p: Array, g: Array, scratch: Array, lo: int, hi: int) -> None:
-        m_sum, v_sum, tmp = self.m_sum[lo:hi], self.v_sum[lo:hi], scratch
-        m_sum *= self.b1                         # m_sum <- b1 m_sum + g
-        m_sum += g
-        np.multiply(g, g, out=tmp)               # v_sum <- b2 v_sum + g^2 (g is not read after this)
-        v_sum *= self.b2
-        v_sum += tmp
-        # With bc1 = 1 - b1^t and bc2 = 1 - b2^t, Adam's step is
-        #     lr * (m / bc1) / (sqrt(v / bc2) + eps),  m = (1 - b1) m_sum,  v = (1 - b2) v_sum.
-        # Multiplying the top and the bottom by k = sqrt(bc2 / (1 - b2)) leaves sqrt(v_sum) alone
-        # at the bottom, and every other factor in two scalars:
-        #     step * m_sum / (sqrt(v_sum) + eps * k),  with step = lr * (1 - b1) * k / bc1.
-        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        k = math.sqrt(bc2 / (1 - self.b2))
-        np.sqrt(v_sum, out=tmp)
-        tmp += self.eps * k
-        np.divide(m_sum, tmp, out=tmp)
-        tmp *= self.lr * (1 - self.b1) * k / bc1
-        p -= tmp
+        # Two scratch arrays: tmp, and out (which may be g itself: g is not read after g ** 2).
+        m, v, b1, b2 = self.m[lo:hi], self.v[lo:hi], self.b1, self.b2
+        tmp, out = self._work[lo:hi], scratch
+        m *= b1                                         # m = b1 * m + (1 - b1) * g
+        np.multiply(g, 1 - b1, out=tmp)
+        m += tmp
+        np.square(g, out=tmp)                           # v = b2 * v + (1 - b2) * g ** 2
+        tmp *= 1 - b2
+        v *= b2
+        v += tmp
+        np.divide(v, 1 - b2 ** self.t, out=tmp)         # v_hat = v / (1 - b2 ** t)
+        np.sqrt(tmp, out=tmp)                           # sqrt(v_hat) + eps
+        tmp += self.eps
+        np.divide(m, 1 - b1 ** self.t, out=out)         # m_hat = m / (1 - b1 ** t)
+        out *= self.lr                                  # p -= lr * m_hat / (sqrt(v_hat) + eps)
+        out /= tmp
+        p -= out
         if self.t % FLUSH_EVERY == 0:
-            flush_subnormals(m_sum, tmp)
-            flush_subnormals(v_sum, tmp)
+            flush_subnormals(m, tmp)
+            flush_subnormals(v, tmp)
 
     def moments(self) -> tuple[Array, Array]:
         """Copies of Adam's m and v, the running means of the gradient and of its square."""
-        return (1 - self.b1) * self.m_sum, (1 - self.b2) * self.v_sum
+        return self.m.copy(), self.v.copy()
 
     def state_dict(self) -> dict[str, Array]:
-        return {"t": np.array(self.t, dtype=np.int64), "m_sum": self.m_sum.copy(), "v_sum": self.v_sum.copy()}
+        return {"t": np.array(self.t, dtype=np.int64), "m": self.m.copy(), "v": self.v.copy()}
 
     def _from_textbook(self, state: dict[str, Array]) -> dict[str, Array]:
-        # The textbook Adam's m and v per parameter, or (checkpoints written before npvae kept
-        # decaying sums) as flat "m" and "v": m_sum = m / (1 - b1), exact up to one rounding.
+        # The textbook Adam's m and v per parameter (exact), or, from checkpoints written while
+        # npvae's fused Adam kept decaying sums, m = (1 - b1) m_sum and v = (1 - b2) v_sum (one rounding).
         m, v = self._flatten(state, "m"), self._flatten(state, "v")
-        if m is None and {"m", "v"} <= set(state):
-            m, v = np.asarray(state["m"]), np.asarray(state["v"])
+        if m is None and {"m_sum", "v_sum"} <= set(state):
+            m, v = (1 - self.b1) * np.asarray(state["m_sum"]), (1 - self.b2) * np.asarray(state["v_sum"])
         if m is None or "t" not in state:
             return state
-        return {"t": state["t"], "m_sum": m / (1 - self.b1), "v_sum": v / (1 - self.b2)}
+        return {"t": state["t"], "m": m, "v": v}
 
     def _set_state(self, key: str, value: Array) -> None:
         if key == "t":
@@ -657,9 +659,8 @@ class FusedAdam(FusedOptimizer):
             super()._set_state(key, value)
 
     def to_textbook(self, opt: optim.Adam) -> None:
-        """Write this state into the textbook Adam `opt`: m = (1 - b1) m_sum, within one rounding."""
-        m, v = self.moments()
-        opt.lr, opt.t, opt.m, opt.v = self.lr, self.t, self._unflatten(m), self._unflatten(v)
+        """Write this state into the textbook Adam `opt` (exactly: the same numbers)."""
+        opt.lr, opt.t, opt.m, opt.v = self.lr, self.t, self._unflatten(self.m), self._unflatten(self.v)
 
 
 def flush_subnormals(a: Array, scratch: Array) -> None:

@@ -119,10 +119,11 @@ def test_adam_follows_the_papers_algorithm(impl, seed, lr, b1, b2, eps, steps):
     np.testing.assert_allclose(v_opt, v, rtol=1e-11, atol=1e-300)
 
 
-@pytest.mark.parametrize("form", ["old flat m and v", "textbook"])
+@pytest.mark.parametrize("form", ["old decaying sums", "textbook"])
 def test_fused_adam_resumes_from_a_state_with_m_and_v(form):
-    # Checkpoints written before npvae kept decaying sums hold Adam's m and v as flat arrays, the
-    # textbook Adam's hold them per parameter: loading either converts them.
+    # Checkpoints written while npvae's fused Adam kept decaying sums hold m_sum = m / (1 - b1)
+    # and v_sum = v / (1 - b2), the textbook Adam's hold m and v per parameter: loading either
+    # converts them.
     gradients = _grad_sequence(6, seed=3)
     params = make_params()
     opt = FusedAdam(params, lr=0.05)
@@ -135,7 +136,7 @@ def test_fused_adam_resumes_from_a_state_with_m_and_v(form):
         old_state = textbook.state_dict()
         assert set(old_state) == {"t", "m.a", "m.b", "v.a", "v.b"}
     else:
-        old_state = {"t": np.array(3), "m": m, "v": v}
+        old_state = {"t": np.array(3), "m_sum": m / (1 - 0.9), "v_sum": v / (1 - 0.999)}
     resumed_params = make_params()
     for k in resumed_params:
         resumed_params[k][...] = params[k]
@@ -235,9 +236,9 @@ def test_adam_state_dict_contents():
     opt = FusedAdam(params, lr=0.1)
     opt.step(make_grads([1.0, 2.0], 3.0, np.float32))
     state = opt.state_dict()
-    assert set(state) == {"t", "m_sum", "v_sum"}
-    assert int(state["t"]) == 1 and state["m_sum"].shape == state["v_sum"].shape == (3,)
-    assert state["m_sum"].dtype == state["v_sum"].dtype == np.float32
+    assert set(state) == {"t", "m", "v"}
+    assert int(state["t"]) == 1 and state["m"].shape == state["v"].shape == (3,)
+    assert state["m"].dtype == state["v"].dtype == np.float32
     assert set(FusedSGD(make_params(), lr=0.1).state_dict()) == {"velocity"}
     textbook = Adam(make_params(np.float32), lr=0.1)
     textbook.step(make_grads([1.0, 2.0], 3.0, np.float32))
@@ -248,7 +249,7 @@ def test_adam_state_dict_contents():
 
 
 @pytest.mark.parametrize("cls, key, shape", [(SGD, "velocity.a", "2"), (Adam, "m.a", "2"),
-                                             (FusedSGD, "velocity", "3"), (FusedAdam, "m_sum", "3")])
+                                             (FusedSGD, "velocity", "3"), (FusedAdam, "m", "3")])
 def test_load_state_dict_rejects_wrong_keys_and_shapes(cls, key, shape):
     opt = cls(make_params(), lr=0.1)
     state = {k: np.array(v, copy=True) for k, v in opt.state_dict().items()}
@@ -332,9 +333,9 @@ def test_step_follows_the_gradient_arrays_it_is_given():
 
 
 @pytest.mark.parametrize("key, value, pattern", [
-    ("v_sum", np.array([1.0, -1.0, 0.5]), "v_sum"), ("t", np.array(-5), "whole number"),
-    ("t", np.array(2.7), "whole number"), ("m_sum", np.array([np.nan, 0.0, 0.0]), "finite"),
-    ("v_sum", np.array([0.0, 0.0]), "shape"),
+    ("v", np.array([1.0, -1.0, 0.5]), "'v'"), ("t", np.array(-5), "whole number"),
+    ("t", np.array(2.7), "whole number"), ("m", np.array([np.nan, 0.0, 0.0]), "finite"),
+    ("v", np.array([0.0, 0.0]), "shape"),
     ("v.a", np.array([1.0, -1.0]), "v.a"), ("m.b", np.array([[np.inf]]), "finite")])
 def test_adam_refuses_a_state_no_run_could_have_and_changes_nothing(key, value, pattern):
     params = make_params()
@@ -344,12 +345,12 @@ def test_adam_refuses_a_state_no_run_could_have_and_changes_nothing(key, value, 
                  "v.a": np.full(2, 2.0), "v.b": np.full((1, 1), 2.0), key: value}
     else:
         opt = FusedAdam(params, lr=0.1)
-        state = {"t": np.array(7), "m_sum": np.full(3, 5.0), "v_sum": np.full(3, 2.0), key: value}
+        state = {"t": np.array(7), "m": np.full(3, 5.0), "v": np.full(3, 2.0), key: value}
     opt.step(make_grads([1.0, 2.0], 3.0))
     before = opt.state_dict()
     with pytest.raises(ValueError, match=pattern):
         opt.load_state_dict(state)
-    after = opt.state_dict()                        # all or nothing: not even t or m_sum moved
+    after = opt.state_dict()                        # all or nothing: not even t or m moved
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
 

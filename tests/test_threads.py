@@ -78,7 +78,7 @@ def test_fused_adam_gives_the_same_bits_on_any_number_of_threads(n_threads):
         for _ in range(20):
             _, grads = pack({k: g_rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
             opt.step(grads, overwrite_grads=True)
-        results.append((np.concatenate([p.ravel() for p in params.values()]), opt.m_sum.copy(), opt.v_sum.copy()))
+        results.append((np.concatenate([p.ravel() for p in params.values()]), opt.m.copy(), opt.v.copy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
