@@ -35,7 +35,9 @@ if importlib.util.find_spec("npvae") is None:   # the demos run from a checkout 
 from npvae.checkpoint import CheckpointError  # noqa: E402
 from npvae.data import in_batches, load_mnist_uint8, to_float  # noqa: E402
 from npvae.models import VAE  # noqa: E402
-from npvae.runs import CHECKPOINT, DEFAULTS, load_run, run_name, train_run  # noqa: E402
+from npvae.folders import CHECKPOINT, load_run  # noqa: E402
+from npvae.runs import train_run  # noqa: E402
+from npvae.settings import DEFAULTS, run_name  # noqa: E402
 
 # --quick: a small subset and a few epochs, so that every demo finishes in seconds (for the tests).
 QUICK = {"train_size": 5000, "test_size": 1000, "epochs": 3}
@@ -45,7 +47,7 @@ _quick = False                                  # set by parse_args: heading() t
 # How many training images the nearest-training-image distance searches (for speed).
 NEAREST_SUBSET = {False: 10000, True: 2000}
 
-# The runs the demos share (settings on top of npvae.runs.DEFAULTS, the study note's 784-400-20 VAE).
+# The runs the demos share (settings on top of npvae.settings.DEFAULTS, the study note's 784-400-20 VAE).
 VAE_20 = {}                                     # the study note's VAE: 784-400-20, L2 + KL, 10 epochs
 AE_20 = {"model": "ae"}                         # the same architecture, trained as a plain autoencoder
 VAE_2 = {"latent": 2}                           # a 2-D latent space, to be drawn
@@ -102,7 +104,7 @@ def done(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 
 def run_config(overrides: dict, quick: bool) -> dict:
-    """The full settings of a run: npvae.runs.DEFAULTS, then the demo's overrides, then --quick's."""
+    """The full settings of a run: npvae.settings.DEFAULTS, then the demo's overrides, then --quick's."""
     cfg = {**DEFAULTS, **overrides}
     if quick:
         cfg.update(QUICK)
@@ -112,7 +114,7 @@ def run_config(overrides: dict, quick: bool) -> dict:
 def get_run(overrides: dict, runs_dir: str | Path, quick: bool) -> tuple:
     """The trained model and its per-epoch history for these settings: reused, resumed or trained.
 
-    The run folder is runs_dir/<npvae.runs.run_name(cfg)> (plus "-quick" with --quick). A run
+    The run folder is runs_dir/<npvae.settings.run_name(cfg)> (plus "-quick" with --quick). A run
     there is reused when its settings match and it has trained at least the requested epochs;
     a shorter one (say, interrupted) is resumed. A folder holding a run with other settings is
     left alone, and the run is trained beside it. Returns (model, history).

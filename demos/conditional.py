@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 import _common as C
-from npvae import evaluate, plots, runs
+from npvae import evaluate, figures, plots
 from npvae.classifier import get_classifier
 
 CVAE_20 = {"model": "cvae"}                     # `npvae train --model cvae`: 784-400-20, L2 + KL, 10 epochs
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = np.random.SeedSequence(args.seed).spawn(5)
 
     C.heading("Figures")
-    C.wrote(runs.figure_style_grid(cvae, args.out, np.random.default_rng(seeds[0]), name="conditional_style_grid.png"))
-    C.wrote(runs.figure_analogy(cvae, x_test, y_test, args.out, name="conditional_analogy.png"))
+    C.wrote(figures.figure_style_grid(cvae, args.out, np.random.default_rng(seeds[0]), name="conditional_style_grid.png"))
+    C.wrote(figures.figure_analogy(cvae, x_test, y_test, args.out, name="conditional_analogy.png"))
 
     C.heading(f"Samples read as the digit asked for ({n_per_digit:,} per digit)")
     clf = get_classifier()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import _common as C
 from npvae import explore
-from npvae.runs import run_name
+from npvae.settings import run_name
 
 SIZE = (1240, 900)
 

@@ -24,8 +24,9 @@ import numpy as np
 
 import _common  # noqa: F401  (puts the repository on the path)
 from npvae.layers import Dense, ReLU, Sequential
-from npvae.runs import DEFAULTS, load_data, model_config
 from npvae.models import build_model
+from npvae.runs import load_data
+from npvae.settings import DEFAULTS, model_config
 from npvae.optim import Adam
 from npvae.train import fit
 

@@ -2,7 +2,7 @@
 
 `npvae train` (no arguments) trains the study note's VAE, 784-400-20 with the L2 loss plus KL, and draws
 its standard figures into its run folder. This demo takes the same run (trained once into runs/,
-shared with the other demos) and draws those figures with the same code, npvae.runs.write_figures,
+shared with the other demos) and draws those figures with the same code, npvae.figures.write_figures,
 into <out>/train/: test images and their reconstructions, 100 samples from the prior, linear
 interpolations between test images, and the two losses per epoch.
 
@@ -12,7 +12,7 @@ interpolations between test images, and the two losses per epoch.
 from __future__ import annotations
 
 import _common as C
-from npvae import runs
+from npvae import figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     C.heading("The run")
     print(f"  After {last['epoch']} epochs: test loss {last['test_loss']:.2f} per image "
           f"(reconstruction {last['test_recon']:.2f} + KL {last['test_kl']:.2f})")
-    for path in runs.write_figures(vae, history, x_test, y_test, args.out / "train", seed=args.seed):
+    for path in figures.write_figures(vae, history, x_test, y_test, args.out / "train", seed=args.seed):
         C.wrote(path)
     C.done(args)
 

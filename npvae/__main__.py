@@ -25,7 +25,7 @@ from . import threads
 # Before NumPy loads (the imports below load it): OpenBLAS's threads, from the cores free now.
 THREADS = threads.configure(sys.argv[1:]) if "numpy" not in sys.modules else None
 
-from .runs import CHOICES, DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
+from .settings import CHOICES, DEFAULTS, PRESETS, nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
 
 
 class Terminated(KeyboardInterrupt):
@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .runs import RunInUse, describe_os_error, train_run
+    from .folders import RunInUse
+    from .runs import describe_os_error, train_run
     from .train import TrainingDiverged
     if THREADS is not None:
         print(f"Threads: {THREADS}", flush=True)
@@ -153,29 +154,29 @@ def _interrupted_status(e: KeyboardInterrupt) -> int:
 def _figure(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import runs
+    from . import figures, folders, runs
     from .checkpoint import CheckpointError
     from .data import as_float
     try:
-        model, ckpt = runs.load_run(args.run)
+        model, ckpt = folders.load_run(args.run)
         cfg = {**DEFAULTS, **ckpt.config}
         if args.command == "figures":
             _, x_test, y_test = runs.load_data(cfg)
-            paths = runs.write_figures(model, ckpt.history, x_test, y_test, runs.run_folder(args.run),
-                                       seed=cfg["seed"], stream=sys.stdout)
+            paths = figures.write_figures(model, ckpt.history, x_test, y_test, folders.run_folder(args.run),
+                                          seed=cfg["seed"], stream=sys.stdout)
             print("".join(f"wrote {p}\n" for p in paths), end="")
             return 0
-        out = Path(args.out) if args.out else runs.run_folder(args.run)
+        out = Path(args.out) if args.out else folders.run_folder(args.run)
         out.mkdir(parents=True, exist_ok=True)
         if args.command == "sample":
-            path = runs.figure_sample(model, out, np.random.default_rng(args.seed), digit=args.digit)
+            path = figures.figure_sample(model, out, np.random.default_rng(args.seed), digit=args.digit)
         else:
             _, x_test, y_test = runs.load_data(cfg)
             x_test = as_float(x_test)
             if args.command == "reconstruct":
-                path = runs.figure_reconstruct(model, x_test, out, y_test=y_test)
+                path = figures.figure_reconstruct(model, x_test, out, y_test=y_test)
             else:
-                path = runs.figure_interpolate(model, x_test, out)
+                path = figures.figure_interpolate(model, x_test, out)
     except KeyboardInterrupt as e:
         return _interrupted_status(e)
     except (CheckpointError, ValueError, ImportError) as e:      # no run there, its data gone, ...

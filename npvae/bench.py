@@ -69,9 +69,8 @@ import numpy as np
 from .data import load_mnist_uint8, minibatch_indices
 from .models import VAE
 from . import fast
-from .runs import positive_int
+from .settings import nonnegative_int, positive_int
 from .train import fit, to_batch
-from .runs import nonnegative_int
 
 EPOCH_IMAGES = 60_000                      # per-epoch figures are for the full MNIST training set
 SCALING_HIDDEN = (200, 400, 800, 1600)     # at batch 128

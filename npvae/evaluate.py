@@ -71,10 +71,11 @@ from .checkpoint import atomic_write_text
 from .classifier import Classifier, get_classifier
 from .cvae import CVAE
 from .data import binarize, in_batches, load_mnist_uint8, to_float
+from .folders import load_run, run_folder
 from .layers import as_generator
 from .models import SIGMA2_FLOOR, VAE, Autoencoder
 from .progress import Ticker, progress_stream
-from .runs import DEFAULTS, load_run, nonnegative_int, positive_int, run_folder
+from .settings import DEFAULTS, nonnegative_int, positive_int
 
 Array = np.ndarray
 Model = Autoencoder | VAE

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import as_float
-from . import runs
+from . import folders, runs, settings
 from .checkpoint import CheckpointError
 from .evaluate import ACTIVE_UNIT_THRESHOLD, active_units
 
@@ -106,12 +106,12 @@ def render(data: dict) -> str:
 
 def write_page(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the explore page of a run folder (default RUN/explore.html). Returns its path."""
-    model, ckpt = runs.load_run(run)
-    cfg = {**runs.DEFAULTS, **ckpt.config}
+    model, ckpt = folders.load_run(run)
+    cfg = {**settings.DEFAULTS, **ckpt.config}
     if model.config()["input_dim"] != 784:
         raise ValueError(f"explore draws 28x28 images; this run's images have {model.config()['input_dim']} pixels")
     _, x_test, y_test = runs.load_data(cfg)
-    folder = runs.run_folder(run)
+    folder = folders.run_folder(run)
     out = Path(out) if out is not None else folder / "explore.html"
     name = f"{folder.name} ({ckpt.epoch} epoch{'s' * (ckpt.epoch != 1)})"
     html = render(page_data(model, x_test, y_test, name=name))

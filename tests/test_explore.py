@@ -28,7 +28,8 @@ from npvae import explore
 from npvae.__main__ import main
 from npvae.data import load_mnist_uint8
 from npvae.models import build_model
-from npvae.runs import DEFAULTS, load_run, model_config
+from npvae.folders import load_run
+from npvae.settings import DEFAULTS, model_config
 
 
 def _train_tiny_run(out: Path, *extra: str) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from npvae import evaluate as E
-from npvae import fast, losses, ppca, runs
+from npvae import fast, folders, losses, ppca, settings
 from npvae.__main__ import main
 from npvae.checkpoint import load_checkpoint, save_checkpoint
 from npvae.gradcheck import check_function, check_model
@@ -203,7 +203,7 @@ def test_train_options_sigma2_and_decoder_output(tmp_path, sigma2, output):
                  "--decoder-output", output, "--out", str(out), *figures]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["sigma2"] == (sigma2 if sigma2 == "optimal" else float(sigma2)) and cfg["decoder_output"] == output
-    model, _ = runs.load_run(out)
+    model, _ = folders.load_run(out)
     assert (model.likelihood, model.sigma2, model.decoder_output) == ("gaussian", cfg["sigma2"], output)
     assert (out / "training_curves.png").exists() == (out / "samples.png").exists() == (not figures)
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--sigma2", "learned"]) == 1
@@ -217,10 +217,10 @@ def test_train_refuses_sigma2_for_another_likelihood(tmp_path, capsys):
 
 
 def test_run_name_shows_the_noise_level():
-    cfg = {**runs.DEFAULTS, "likelihood": "gaussian", "sigma2": 0.1, "decoder_output": "linear"}
-    assert runs.run_name(cfg) == "vae-gaussian-h400-z20-sigma2-0.1-linear"
-    assert runs.run_name({**runs.DEFAULTS, "likelihood": "gaussian"}) == "vae-gaussian-h400-z20-sigma2-learned"
-    assert runs.run_name(runs.DEFAULTS) == "vae-l2-h400-z20"
+    cfg = {**settings.DEFAULTS, "likelihood": "gaussian", "sigma2": 0.1, "decoder_output": "linear"}
+    assert settings.run_name(cfg) == "vae-gaussian-h400-z20-sigma2-0.1-linear"
+    assert settings.run_name({**settings.DEFAULTS, "likelihood": "gaussian"}) == "vae-gaussian-h400-z20-sigma2-learned"
+    assert settings.run_name(settings.DEFAULTS) == "vae-l2-h400-z20"
 
 
 def test_a_checkpoint_without_the_new_settings_still_loads(tmp_path):
@@ -229,7 +229,7 @@ def test_a_checkpoint_without_the_new_settings_still_loads(tmp_path):
     ckpt = load_checkpoint(out / "checkpoint.npz")
     ckpt.config = {k: v for k, v in ckpt.config.items() if k not in ("sigma2", "decoder_output")}
     save_checkpoint(out / "checkpoint.npz", ckpt)
-    model, _ = runs.load_run(out)
+    model, _ = folders.load_run(out)
     assert model.likelihood == "l2" and model.decoder_output == "sigmoid"
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-figures"]) == 0
 
@@ -285,7 +285,7 @@ def test_npvae_evaluate_a_gaussian_run(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "not comparable with a Bernoulli NLL" in text and "N(x; mean, sigma^2 I)" in text
     saved = json.loads((out / "eval.json").read_text())
-    model, _ = runs.load_run(out)
+    model, _ = folders.load_run(out)
     assert saved["sigma2"] == pytest.approx(math.exp(model.params["log_sigma2"][0]), rel=1e-6)
     assert saved["nll_constant"] == 0 and saved["neg_elbo_density"] == saved["neg_elbo"]
     assert saved["nll_iwae"] is not None and saved["sigma2_setting"] == "learned"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npvae import runs
+from npvae import figures, folders, runs, settings
 from npvae.__main__ import main
 from npvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from npvae.data import write_idx
@@ -79,17 +79,17 @@ def test_a_diverged_epoch_is_never_saved(option, value, tmp_path, capsys):
 
 
 def test_save_run_refuses_non_finite_parameters_and_keeps_the_checkpoint(run):
-    model, ckpt = runs.load_run(run)
+    model, ckpt = folders.load_run(run)
     before = (run / "checkpoint.npz").read_bytes()
-    optimizer = runs.make_run_optimizer({**runs.DEFAULTS, **ckpt.config}, model)
+    optimizer = runs.make_run_optimizer({**settings.DEFAULTS, **ckpt.config}, model)
     rngs = {"model": model.rng, "data": np.random.default_rng(0)}
     history = [*ckpt.history, {**ckpt.history[-1], "epoch": 2}]
     model.params["dec0.W"][0, 0] = np.inf
     with pytest.raises(CheckpointError, match=r"diverged at epoch 2 \(parameter dec0.W holds NaN or inf\).*--lr"):
-        runs.save_run(run, model, optimizer, rngs, history, ckpt.config)
+        folders.save_run(run, model, optimizer, rngs, history, ckpt.config)
     model.params["dec0.W"][0, 0] = 0
     with pytest.raises(CheckpointError, match="diverged at epoch 2 .test_loss nan"):
-        runs.save_run(run, model, optimizer, rngs, [*ckpt.history, {**history[-1], "test_loss": float("nan")}],
+        folders.save_run(run, model, optimizer, rngs, [*ckpt.history, {**history[-1], "test_loss": float("nan")}],
                       ckpt.config)
     assert (run / "checkpoint.npz").read_bytes() == before
 
@@ -154,18 +154,18 @@ def test_no_matplotlib_is_refused_before_training(tmp_path, capsys, monkeypatch)
 
 def test_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
-    with runs.locked(out):
-        assert json.loads((out / runs.LOCK).read_text()) == os.getpid()
+    with folders.locked(out):
+        assert json.loads((out / folders.LOCK).read_text()) == os.getpid()
         assert train(out) == 1
         err = one_line_error(capsys)
         assert f"process {os.getpid()} is training into it" in err
         assert not (out / "checkpoint.npz").exists()
-    assert not (out / runs.LOCK).exists()
-    assert train(out) == 0 and not (out / runs.LOCK).exists()
+    assert not (out / folders.LOCK).exists()
+    assert train(out) == 0 and not (out / folders.LOCK).exists()
 
 
 def test_a_lock_file_left_by_a_dead_process_does_not_block(run):
-    (run / runs.LOCK).write_text("999999999\n")                   # as a process killed with -9 leaves it
+    (run / folders.LOCK).write_text("999999999\n")                   # as a process killed with -9 leaves it
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-figures"]) == 0
     assert load_checkpoint(run / "checkpoint.npz").epoch == 2
 
@@ -277,7 +277,7 @@ def test_ctrl_c_during_the_figures_names_the_missing_ones_and_npvae_figures_redr
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(runs, "figure_sample", interrupted)
+    monkeypatch.setattr(figures, "figure_sample", interrupted)
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 130
     printed = capsys.readouterr().out
     assert "Interrupted while drawing the figures: samples.png, interpolation.png, training_curves.png, " \
@@ -312,7 +312,7 @@ def test_hand_edited_metadata_is_refused_naming_the_member(edit, words, run, cap
     edit(ckpt)
     save_checkpoint(run / "checkpoint.npz", ckpt)
     with pytest.raises(CheckpointError, match="member 'meta'") as e:
-        runs.load_run(run)
+        folders.load_run(run)
     assert words in str(e.value) and str(run / "checkpoint.npz") in str(e.value)
     for argv in (["sample", str(run)], ["evaluate", str(run), "--no-classifier", "--k", "2", "--limit", "5"],
                  ["train", "--out", str(run), "--resume", "--epochs", "2"]):

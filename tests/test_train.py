@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npvae import runs
+from npvae import folders, runs, settings
 from npvae.__main__ import main
 from npvae.checkpoint import CheckpointError, load_checkpoint
 from npvae.models import VAE, Autoencoder
@@ -386,7 +386,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(ckpt) in err and "truncated" in err
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        runs.load_run(tmp_path / "nowhere")
+        folders.load_run(tmp_path / "nowhere")
 
 
 def test_checkpoint_from_another_architecture_is_refused(tmp_path):
@@ -397,7 +397,7 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
     from npvae.checkpoint import save_checkpoint
     save_checkpoint(out / "checkpoint.npz", ckpt)
     with pytest.raises(CheckpointError, match="another architecture"):
-        runs.load_run(out)
+        folders.load_run(out)
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")  # made to diverge
@@ -414,10 +414,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
 
 
 def test_run_name_tells_settings_apart():
-    base = dict(runs.DEFAULTS)
-    assert runs.run_name(base) == "vae-l2-h400-z20"
-    assert runs.run_name({**base, "model": "ae", "likelihood": "bernoulli"}) == "ae-bernoulli-h400-z20"
-    assert runs.run_name({**base, "beta": 4.0, "seed": 2}) == "vae-l2-h400-z20-beta4-seed2"
+    base = dict(settings.DEFAULTS)
+    assert settings.run_name(base) == "vae-l2-h400-z20"
+    assert settings.run_name({**base, "model": "ae", "likelihood": "bernoulli"}) == "ae-bernoulli-h400-z20"
+    assert settings.run_name({**base, "beta": 4.0, "seed": 2}) == "vae-l2-h400-z20-beta4-seed2"
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
@@ -466,8 +466,8 @@ def test_iwae_preset_sets_the_papers_model_and_schedule(tmp_path):
     assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
     # the preset's folder name, plus what this run changes (a run with other settings must not
     # land in the folder of the preset's own run)
-    assert runs.run_name(cfg) == "iwae-mnist-trainsize100"
-    preset = {**runs.DEFAULTS, **runs.PRESETS["iwae-mnist"], "preset": "iwae-mnist"}
-    assert runs.run_name(preset) == "iwae-mnist"
-    assert runs.run_name({**preset, "seed": 1}) == "iwae-mnist-seed1"
-    assert runs.run_name({**preset, "hidden": [16], "latent": 2, "epochs": 3280}) == "iwae-mnist-h16-z2"
+    assert settings.run_name(cfg) == "iwae-mnist-trainsize100"
+    preset = {**settings.DEFAULTS, **settings.PRESETS["iwae-mnist"], "preset": "iwae-mnist"}
+    assert settings.run_name(preset) == "iwae-mnist"
+    assert settings.run_name({**preset, "seed": 1}) == "iwae-mnist-seed1"
+    assert settings.run_name({**preset, "hidden": [16], "latent": 2, "epochs": 3280}) == "iwae-mnist-h16-z2"
