@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +302,23 @@ def test_iwae_with_k_1_is_the_sampled_elbo_for_a_cvae():
 
 def test_one_hot():
     assert np.array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+
+
+def test_the_committed_quadrant_results_have_the_pinned_form():
+    """demos/figures/quadrants.json, from the full run of demos/quadrants.py (issue 16 pins its form):
+    {"1": {"baseline", "cvae_elbo", "cvae_iw"}, "2": ..., "3": ...}, nats per test image. The
+    importance-sampled estimate is a tighter bound than the ELBO, and more visible quadrants leave
+    less to predict; and quadrants_runs.json says it was the full run, not --quick."""
+    figures = Path(__file__).resolve().parent.parent / "demos" / "figures"
+    results = json.loads((figures / "quadrants.json").read_text())
+    assert list(results) == ["1", "2", "3"]
+    for case in results.values():
+        assert set(case) == {"baseline", "cvae_elbo", "cvae_iw"}
+        assert all(isinstance(v, float) and 0 < v < 784 * math.log(2) * 10 for v in case.values())
+        assert case["cvae_iw"] < case["cvae_elbo"]
+    for key in ("baseline", "cvae_elbo", "cvae_iw"):
+        assert results["1"][key] > results["2"][key] > results["3"][key]
+    runs = json.loads((figures / "quadrants_runs.json").read_text())
+    assert runs["quick"] is False and runs["sizes"] == {"train": 60000, "val": 10000, "test": 10000, "max_epochs": 100}
+    for n in results:
+        assert (figures / f"quadrants_{n}.png").stat().st_size > 10_000
