@@ -71,8 +71,9 @@ from .checkpoint import atomic_write_text
 from .classifier import Classifier, get_classifier
 from .cvae import CVAE
 from .data import binarize, in_batches, load_mnist_uint8, to_float
+from .gaussian import SIGMA2_FLOOR
 from .layers import as_generator
-from .models import SIGMA2_FLOOR, VAE, Autoencoder
+from .models import VAE, Autoencoder
 from .progress import Ticker, progress_stream
 from .runs import DEFAULTS, load_run, nonnegative_int, positive_int, run_folder
 
