@@ -19,11 +19,12 @@ The reading order, the textbook path first (each file opens with what it is for)
     npvae.gradcheck every backward pass against central differences (python -m npvae gradcheck)
 
 Then the rest: npvae.fast (the same step, bit for bit, written for speed: fit uses it),
-npvae.cvae (conditional VAEs), npvae.ppca (the linear VAE's exact answer), npvae.data (MNIST and
-other IDX files), npvae.checkpoint, npvae.settings (a run's settings), npvae.folders (run folders:
-their files, lock, checkpoint and history), npvae.figures (a run's standard figures), npvae.runs
-(the `npvae train` command), npvae.evaluate, npvae.explore (the web page), npvae.plots (figures;
-needs matplotlib), npvae.bench.
+npvae.base and npvae.checks (the models' bookkeeping and input checks), npvae.gaussian (the
+Gaussian likelihood), npvae.ppca (the linear VAE's exact answer), npvae.data (MNIST and other
+IDX files), npvae.checkpoint, npvae.settings (a run's settings), npvae.folders (run folders: their
+files, lock, checkpoint and history), npvae.figures (a run's standard figures), npvae.runs (the
+`npvae train` command), npvae.evaluate, npvae.explore (the web page), npvae.plots (figures; needs
+matplotlib), npvae.bench.
 """
 
 import importlib

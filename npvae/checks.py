@@ -1,9 +1,12 @@
-"""The models' argument and data checks: a clear error for bad input, never a silent coercion.
+"""Argument and data checks: a clear error for bad input, never a silent coercion.
 
-npvae.models calls these, so that its own lines stay the maths. Shapes: N batch, D input, Z latent.
+The textbook files (npvae.layers, losses, models, optim) and the models' bookkeeping (npvae.base)
+call these, so that their own lines stay the maths. Shapes: N batch, D input, Z latent, C classes.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -15,6 +18,15 @@ DECODER_OUTPUTS = ("sigmoid", "linear")
 
 def _number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """Return `rng` itself if it is a Generator, else a new Generator seeded with it."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
 
 
 def size(value, what: str) -> int:
@@ -109,6 +121,60 @@ def codes(z: Array, latent_dim: int, dtype: np.dtype, name: str = "z") -> Array:
     if z.size and not np.isfinite(z).all():
         raise ValueError(f"{name} contains NaN or inf")
     return z.astype(dtype, copy=False)
+
+
+def eps(eps: Array, n: int, latent_dim: int, dtype: np.dtype) -> Array:
+    """A given draw eps: shape (n, Z), real and finite, in `dtype`."""
+    if np.shape(eps) != (n, latent_dim):
+        raise ValueError(f"eps must have shape ({n}, {latent_dim}) (batch, latent), got shape {np.shape(eps)}")
+    return codes(eps, latent_dim, dtype, "eps")
+
+
+def temperature(value) -> None:
+    """A sampling temperature: a finite number >= 0."""
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {value}")
+
+
+def labels(labels: Array, n: int, num_classes: int) -> Array:
+    """Class labels for n rows: integers of shape (n,) in [0, C)."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+# -- the optimizers -------------------------------------------------------------------------
+
+
+def positive(name: str, value: float) -> float:
+    """A learning rate or Adam's eps: a positive, finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+    return float(value)
+
+
+def grads(grads: dict[str, Array], params: dict[str, Array]) -> None:
+    """The gradients of an optimizer step: the names and shapes of the parameters."""
+    if grads.keys() != params.keys():
+        raise ValueError(f"gradient names {sorted(grads)} differ from parameter names {sorted(params)}")
+    for k, p in params.items():
+        if grads[k].shape != p.shape:
+            raise ValueError(f"gradient {k!r} has shape {grads[k].shape}, parameter has {p.shape}")
+
+
+def load_checked_state(optimizer, state: dict[str, Array]) -> None:
+    """Check every entry of `state` against optimizer.state_dict() (the same names and shapes,
+    finite real numbers), then set them all with optimizer._set_state: all or nothing."""
+    mine = optimizer.state_dict()
+    if state.keys() != mine.keys():
+        raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
+    checked = {k: state_entry(k, state[k], mine[k].shape) for k in mine}
+    for k, v in checked.items():
+        optimizer._set_state(k, v)
 
 
 def state_entry(key: str, value, shape: tuple[int, ...]) -> Array:

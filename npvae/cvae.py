@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import losses
+from . import checks, losses
+from .base import Parameters
 from .layers import Dense, Sequential, as_generator, mlp, sigmoid
 from .checks import size as _size, sizes as _sizes
 from .models import VAE, Reparameterize, _Model
@@ -143,8 +144,7 @@ class CVAE(_Model):
         y: one label for all n images (an int) or (n,) labels. rng: the generator of the draws;
         by default the model's own (the one training draws eps from).
         """
-        if not (temperature >= 0 and np.isfinite(temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        checks.temperature(temperature)
         y = np.asarray(y)
         y = self.check_y(np.full(n, y) if y.ndim == 0 and np.issubdtype(y.dtype, np.integer) else y, n)
         rng = self.rng if rng is None else as_generator(rng)
@@ -244,13 +244,9 @@ def hidden_bernoulli_per_example(logits: Array, x: Array, visible: Array) -> Arr
     return losses.bernoulli_per_example(logits[..., ~visible], x[..., ~visible])
 
 
-class _Networks:
-    """Named parameters ("rec0.W", "prior_head.b", ...) and gradients of several layer stacks, as
-    models._Model names them (the same three pieces of code)."""
-
-    _name_layers = _Model._name_layers
-    grads = _Model.grads
-    num_params = _Model.num_params
+class _Networks(Parameters):
+    """Several layer stacks with named parameters ("rec0.W", "prior_head.b", ...) and gradients
+    (npvae.base.Parameters, as the models name theirs)."""
 
     def _setup(self, visible: Array, input_dim: int, dtype, rng) -> None:
         self.input_dim = _size(input_dim, "input_dim")

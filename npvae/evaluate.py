@@ -72,8 +72,9 @@ from .classifier import Classifier, get_classifier
 from .cvae import CVAE
 from .data import binarize, in_batches, load_mnist_uint8, to_float
 from .folders import load_run, run_folder
+from .gaussian import SIGMA2_FLOOR
 from .layers import as_generator
-from .models import SIGMA2_FLOOR, VAE, Autoencoder
+from .models import VAE, Autoencoder
 from .progress import Ticker, progress_stream
 from .settings import DEFAULTS, nonnegative_int, positive_int
 

@@ -17,16 +17,9 @@ import math
 
 import numpy as np
 
+from .checks import as_generator      # a Generator, or one seeded with the int given
+
 Array = np.ndarray
-
-
-def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
-    """Return `rng` itself if it is a Generator, else a new Generator seeded with it."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
 
 
 class Layer:
@@ -146,11 +139,9 @@ class Tanh(Layer):
 
 
 def sigmoid(x: Array) -> Array:
-    """The logistic function 1 / (1 + exp(-x)), in x's dtype (integers become float64).
-
-    For x below about -88 in float32 (-709 in float64) exp(-x) overflows to inf, and
-    1 / (1 + inf) = 0 is the right answer: that overflow is expected and silenced.
-    """
+    """The logistic function 1 / (1 + exp(-x)), in x's dtype (integers become float64). For x below
+    about -88 in float32 (-709 in float64) exp(-x) overflows to inf, and 1 / (1 + inf) = 0 is the
+    right answer: that overflow is expected and silenced."""
     x = _real(x)
     with np.errstate(over="ignore"):
         return 1 / (1 + np.exp(-x))
@@ -169,9 +160,7 @@ class Sigmoid(Layer):
 
 class Softplus(Layer):
     """y = log(1 + exp(x)), computed as max(x, 0) + log(1 + exp(-|x|)); f'(x) = sigmoid(x).
-
-    The second form never exponentiates a positive number, so it never overflows.
-    """
+    The second form never exponentiates a positive number, so it never overflows."""
 
     def forward(self, x: Array) -> Array:
         self.x = x = _real(x)
@@ -181,13 +170,8 @@ class Softplus(Layer):
         return dout * sigmoid(self.x)
 
 
-ACTIVATIONS: dict[str, type[Layer]] = {
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "tanh": Tanh,
-    "sigmoid": Sigmoid,
-    "softplus": Softplus,
-}
+ACTIVATIONS: dict[str, type[Layer]] = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid,
+                                        "softplus": Softplus}
 
 
 def activation(name: str) -> Layer:
@@ -226,10 +210,7 @@ class Sequential(Layer):
 def mlp(sizes: list[int], activation_name: str = "relu", *, final_activation: str | None = None,
         init: str = "pytorch", rng: np.random.Generator | int | None = None, dtype=np.float32) -> Sequential:
     """A multilayer perceptron: Dense(sizes[0], sizes[1]), act, ..., Dense(sizes[-2], sizes[-1]).
-
-    The hidden layers use `activation_name`; the last Dense layer is followed by
-    `final_activation` if given, else left linear.
-    """
+    The hidden layers use `activation_name`; the last is followed by `final_activation` if given."""
     if len(sizes) < 2:
         raise ValueError(f"an MLP needs at least an input and an output size, got {sizes}")
     rng = as_generator(rng)

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from . import checks
 from .layers import sigmoid
 
 Array = np.ndarray
@@ -31,9 +32,7 @@ def l2_per_example(logits: Array, x: Array) -> Array:
 
 def l2_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
     """The study note's loss: L = mean_n sum_d (x_hat_nd - x_nd)^2, x_hat = sigmoid(logits).
-
-    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)).
-    """
+    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D))."""
     # dL/dx_hat = 2 (x_hat - x) / N and dx_hat/dlogits = x_hat (1 - x_hat), so
     # dL/dlogits = (x_hat - x) x_hat (1 - x_hat) 2 / N.
     n = x.shape[0]
@@ -60,9 +59,7 @@ def bernoulli_per_example(logits: Array, x: Array) -> Array:
 
 def bernoulli_reconstruction(logits: Array, x: Array) -> tuple[float, Array]:
     """Bernoulli negative log-likelihood L = mean_n sum_d BCE(logits_nd, x_nd).
-
-    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D)).
-    """
+    logits, x: (N, D). Returns (L, dL/dlogits of shape (N, D))."""
     # d/dl [softplus(l) - x l] = sigmoid(l) - x, times 1 / N for the batch mean.
     n = x.shape[0]
     loss = bernoulli_per_pixel(logits, x).sum() / n
@@ -80,9 +77,7 @@ def gaussian_per_example(mean: Array, x: Array, log_sigma2: Array) -> Array:
 
 def gaussian_reconstruction(mean: Array, x: Array, log_sigma2: Array) -> tuple[float, Array, Array]:
     """Gaussian negative log-likelihood L = mean_n gaussian_per_example(mean, x, log_sigma2)_n.
-
-    mean, x: (N, D); log_sigma2: (1,). Returns (L, dL/dmean (N, D), dL/dlog_sigma2 (1,)).
-    """
+    mean, x: (N, D); log_sigma2: (1,). Returns (L, dL/dmean (N, D), dL/dlog_sigma2 (1,))."""
     # With t = log sigma^2, l_n = 0.5 sum_d [(x - m)^2 e^-t + t + log 2 pi] and L = mean_n l_n:
     #   dL/dm = (m - x) e^-t / N
     #   dL/dt = 0.5 sum_nd [1 - (x - m)^2 e^-t] / N = D / 2 - SSE e^-t / (2 N),  SSE = sum_nd (x - m)^2.
@@ -110,9 +105,7 @@ def kl_per_example(mu: Array, logvar: Array) -> Array:
 
 def kl_standard_normal(mu: Array, logvar: Array) -> tuple[float, Array, Array]:
     """Mean over the batch of KL(N(mu, exp(logvar)) || N(0, I)).
-
-    mu, logvar: (N, Z). Returns (KL, dKL/dmu, dKL/dlogvar), the gradients of shape (N, Z).
-    """
+    mu, logvar: (N, Z). Returns (KL, dKL/dmu, dKL/dlogvar), the gradients of shape (N, Z)."""
     # d/dmu     [-0.5 (1 + lv - mu^2 - e^lv)] = mu
     # d/dlogvar [-0.5 (1 + lv - mu^2 - e^lv)] = 0.5 (e^lv - 1)      each times 1 / N.
     n = mu.shape[0]
@@ -152,16 +145,10 @@ def log_softmax(logits: Array) -> Array:
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[float, Array]:
     """L = mean_n -log softmax(logits_n)[labels_n], for the evaluation's digit classifier.
-
-    logits: (N, C), labels: (N,) integers in [0, C). Returns (L, dL/dlogits (N, C)).
-    """
+    logits: (N, C), labels: (N,) integers in [0, C). Returns (L, dL/dlogits (N, C))."""
     # dL/dlogits = (softmax(logits) - onehot(labels)) / N.
     n = logits.shape[0]
-    labels = np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got [{labels.min()}, {labels.max()}]")
+    labels = checks.labels(labels, n, logits.shape[1])
     logp = log_softmax(logits)
     rows = np.arange(n)
     loss = -logp[rows, labels].sum() / n

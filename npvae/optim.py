@@ -7,62 +7,26 @@ save it and a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import checks
+from .checks import load_checked_state, positive as _positive      # (npvae.fast's optimizers use them too)
 
 Array = np.ndarray
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
-    return float(value)
-
-
 class Optimizer:
-    """Base class: the parameters, the learning rate, and the checks of a saved state."""
+    """Base class: the parameters and the learning rate. Each optimizer adds `step(grads)` (update
+    every parameter in place from the gradient with the same name), `state_dict()` and `_set_state`."""
 
     def __init__(self, params: dict[str, Array], lr: float) -> None:
         self.params = params
         self.lr = _positive("learning rate", lr)
 
-    def step(self, grads: dict[str, Array]) -> None:
-        """Update every parameter in place from the gradient with the same name."""
-        raise NotImplementedError
-
-    def _check_grads(self, grads: dict[str, Array]) -> None:
-        if grads.keys() != self.params.keys():
-            raise ValueError(f"gradient names {sorted(grads)} differ from parameter names {sorted(self.params)}")
-        for k, p in self.params.items():
-            if grads[k].shape != p.shape:
-                raise ValueError(f"gradient {k!r} has shape {grads[k].shape}, parameter has {p.shape}")
-
-    def state_dict(self) -> dict[str, Array]:
-        """A copy of the optimizer's state, as named arrays, for a checkpoint."""
-        raise NotImplementedError
-
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Restore a state saved by `state_dict()`. Every entry is checked (names, shapes, finite
         real numbers) before any is set: a refused state leaves the optimizer as it was."""
         load_checked_state(self, state)
-
-    def _set_state(self, key: str, value: Array) -> None:
-        raise NotImplementedError
-
-
-def load_checked_state(optimizer, state: dict[str, Array]) -> None:
-    """Check every entry of `state` against optimizer.state_dict() (the same names and shapes,
-    finite real numbers), then set them all with optimizer._set_state: all or nothing."""
-    mine = optimizer.state_dict()
-    if state.keys() != mine.keys():
-        raise ValueError(f"optimizer state has keys {sorted(state)}, expected {sorted(mine)}")
-    checked = {k: checks.state_entry(k, state[k], mine[k].shape) for k in mine}
-    for k, v in checked.items():
-        optimizer._set_state(k, v)
 
 
 class SGD(Optimizer):
@@ -80,7 +44,7 @@ class SGD(Optimizer):
         self.velocity = {k: np.zeros_like(p) for k, p in params.items()}
 
     def step(self, grads: dict[str, Array]) -> None:
-        self._check_grads(grads)
+        checks.grads(grads, self.params)
         for k, p in self.params.items():
             self.velocity[k] = self.momentum * self.velocity[k] + grads[k]
             p -= self.lr * self.velocity[k]
@@ -118,7 +82,7 @@ class Adam(Optimizer):
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 
     def step(self, grads: dict[str, Array]) -> None:
-        self._check_grads(grads)
+        checks.grads(grads, self.params)
         self.t += 1
         b1, b2 = self.b1, self.b2
         for k, p in self.params.items():

@@ -16,7 +16,8 @@ from npvae import fast, folders, losses, ppca, settings
 from npvae.__main__ import main
 from npvae.checkpoint import load_checkpoint, save_checkpoint
 from npvae.gradcheck import check_function, check_model
-from npvae.models import SIGMA2_FLOOR, VAE, Autoencoder, build_model
+from npvae.gaussian import SIGMA2_FLOOR
+from npvae.models import VAE, Autoencoder, build_model
 from npvae.optim import Adam
 from npvae.train import fit
 
