@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
     sizes = QUICK if args.quick else FULL
     if args.quick:                                     # the demos' usual note names their sizes, not these
-        C.QUICK_NOTE = (f"  (--quick: small models, {sizes['train'] - sizes['val']:,} training images and at most "
-                        f"{sizes['max_epochs']} epochs; the numbers are not the README's)")
+        C.QUICK_NOTE = (f"  (--quick: numbers of small models, {sizes['train'] - sizes['val']:,} training images and "
+                        f"at most {sizes['max_epochs']} epochs; they are not the README's)")
     images, _ = load_mnist_uint8("train")
     train_idx, val_idx = train_val_split(len(images), FULL["val"], seed=0)   # the same split at every size
     x_train = to_float(images[train_idx[:sizes["train"] - sizes["val"]]])
