@@ -303,24 +303,32 @@ def flat64(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in SHAPES])
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_fused_sgd_is_bitwise_the_textbook_sgd_over_1000_steps(threads):
-    """v <- momentum v + g; p <- p - lr v: the same float32 operations, so the same bits, on any
-    number of threads (each splits the buffer into parts)."""
+def in_lockstep(textbook_cls, fused_cls, threads: int, **settings):
+    """The textbook and the fused optimizer stepped on the same gradient stream (the fused one
+    finding its scratch space both ways, in turn), their parameters compared bit for bit after
+    every step. Yields (step, textbook, fused) after each step."""
     textbook_params = initial_params(0)
     flat, params = fast.pack(initial_params(0))
     _, grads = fast.pack({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
-    textbook = SGD(textbook_params, lr=0.01, momentum=0.9)
-    fused = fast.FusedSGD(params, lr=0.01, momentum=0.9, threads=threads)
+    textbook, fused = textbook_cls(textbook_params, **settings), fused_cls(params, threads=threads, **settings)
     for step, g in gradient_stream(0):
         textbook.step({k: v.copy() for k, v in g.items()})
         for k in SHAPES:
             grads[k][...] = g[k]
-        fused.step(grads, overwrite_grads=step % 2 == 1)     # both ways of finding scratch space
+        fused.step(grads, overwrite_grads=step % 2 == 1)
         for k in SHAPES:
             assert_same_bits(params[k], textbook_params[k], f"step {step}: {k}")
-    assert_same_bits(fused.state_dict()["velocity"], flat64(textbook.velocity).astype(np.float32), "velocity")
+        yield step, textbook, fused
     assert flat is fused.flat
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_sgd_is_bitwise_the_textbook_sgd_over_1000_steps(threads):
+    """v <- momentum v + g; p <- p - lr v: the same float32 operations, so the same bits, on any
+    number of threads (each splits the buffer into parts)."""
+    for step, textbook, fused in in_lockstep(SGD, fast.FusedSGD, threads, lr=0.01, momentum=0.9):
+        pass
+    assert_same_bits(fused.state_dict()["velocity"], flat64(textbook.velocity).astype(np.float32), "velocity")
 
     # The state moves both ways exactly.
     back = SGD(initial_params(1), lr=0.5)
@@ -349,24 +357,13 @@ def test_fused_adam_is_bitwise_the_textbook_adam_over_1000_steps(threads):
     """The textbook's float32 operations in its order: the same parameters bit for bit at every
     step, and the same m and v except the entries that the subnormal flush set to 0 (below 1e-30:
     on the dead entries of the stream, whose m decays by b1 = 0.9 a step)."""
-    textbook_params = initial_params(0)
-    flat, params = fast.pack(initial_params(0))
-    _, grads = fast.pack({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
-    textbook, fused = Adam(textbook_params, lr=1e-3), fast.FusedAdam(params, lr=1e-3, threads=threads)
     flushed = 0
-    for step, g in gradient_stream(0):
-        textbook.step({k: v.copy() for k, v in g.items()})
-        for k in SHAPES:
-            grads[k][...] = g[k]
-        fused.step(grads, overwrite_grads=step % 2 == 1)     # both ways of finding scratch space
-        for k in SHAPES:
-            assert_same_bits(params[k], textbook_params[k], f"step {step}: {k}")
+    for step, textbook, fused in in_lockstep(Adam, fast.FusedAdam, threads, lr=1e-3):
         if step % 50 == 0 or step == 1:
             m, v = fused.moments()
             flushed = assert_moment_same_or_flushed(m, textbook.m, f"step {step}: m")
             assert_moment_same_or_flushed(v, textbook.v, f"step {step}: v")
     assert fused.t == textbook.t == STEPS
-    assert flat is fused.flat
     # The flush ran, so the comparison above covered it.
     assert flushed > 0, "no entry was flushed: the stream's dead entries should reach 1e-30"
 
