@@ -77,6 +77,9 @@ class CVAE(_Model):
                  likelihood: str = "l2", beta: float = 1.0, activation: str = "relu", dtype=np.float32,
                  rng: np.random.Generator | int | None = None, *,
                  decoder_hidden_dims: list[int] | None = None) -> None:
+        if likelihood not in losses.RECONSTRUCTION:
+            raise ValueError(f"a CVAE's likelihood is one of {sorted(losses.RECONSTRUCTION)}, got {likelihood!r} "
+                             f"(the Gaussian likelihood is the VAE's: npvae.models.VAE)")
         super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, dtype, rng, decoder_hidden_dims)
         self.num_classes = _size(num_classes, "num_classes")
         self.beta = beta

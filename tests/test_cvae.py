@@ -322,3 +322,14 @@ def test_the_committed_quadrant_results_have_the_pinned_form():
     assert runs["quick"] is False and runs["sizes"] == {"train": 60000, "val": 10000, "test": 10000, "max_epochs": 100}
     for n in results:
         assert (figures / f"quadrants_{n}.png").stat().st_size > 10_000
+
+
+def test_a_gaussian_cvae_is_refused_at_once_and_writes_nothing(tmp_path, capsys):
+    # It used to be built (with a log_sigma2 parameter even) and then fail at its first batch with
+    # KeyError: 'gaussian', leaving a half-made run folder behind.
+    with pytest.raises(ValueError, match="a CVAE's likelihood is one of .*'gaussian'"):
+        CVAE(6, [5], 2, num_classes=3, likelihood="gaussian")
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--likelihood", "gaussian", "--epochs", "1", "--out", str(out)]) == 1
+    assert "a CVAE's likelihood is one of" in capsys.readouterr().err
+    assert not out.exists()
