@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         C.heading(f"{n_visible} visible quadrant{'s' if n_visible > 1 else ''}")
         if str(n_visible) in results and (args.out / f"quadrants_{n_visible}.png").exists():
             r = results[str(n_visible)]
-            print(f"  done by an earlier run ({C._show(partial_path)}): baseline {r['baseline']:.2f}, "
+            print(f"  done by an earlier run ({partial_path}): baseline {r['baseline']:.2f}, "
                   f"CVAE -ELBO {r['cvae_elbo']:.2f}, CVAE -log p(y|x) {r['cvae_iw']:.2f}", flush=True)
             continue
         seeds = np.random.SeedSequence([args.seed, n_visible]).spawn(6)

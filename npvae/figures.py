@@ -24,6 +24,7 @@ def _codes(model, images: np.ndarray) -> np.ndarray:
 
 
 def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12, y_test: np.ndarray | None = None) -> Path:
+    """reconstructions.png: n test images over their reconstructions (a CVAE's with their labels y_test)."""
     from . import plots
     x = as_float(x_test[:n])
     recon = model.reconstruct(x, y_test[:n]) if isinstance(model, CVAE) else model.decode(_codes(model, x))
@@ -32,6 +33,7 @@ def figure_reconstruct(model, x_test: np.ndarray, out: Path, n: int = 12, y_test
 
 
 def figure_sample(model, out: Path, rng: np.random.Generator, n: int = 100, digit: int | None = None) -> Path:
+    """samples.png: n decodes of z ~ N(0, I) (digit: only a CVAE's, see figure_conditional_samples)."""
     from . import plots
     if isinstance(model, CVAE):
         return figure_conditional_samples(model, out, rng, n, digit)
@@ -89,6 +91,7 @@ def figure_analogy(model: CVAE, x_test: np.ndarray, y_test: np.ndarray, out: Pat
 
 
 def figure_interpolate(model, x_test: np.ndarray, out: Path, pairs: int = 6, steps: int = 10) -> Path:
+    """interpolation.png: for pairs of test images, decodes of steps points on the line between their codes."""
     from . import plots
     if isinstance(model, CVAE):
         raise ValueError("interpolate draws VAE and AE runs; a CVAE run's figures are style_grid.png and "

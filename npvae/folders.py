@@ -161,7 +161,8 @@ def _not_finite(params: dict[str, np.ndarray]) -> str | None:
 
 def save_run(out: Path, model, optimizer, rngs: dict[str, np.random.Generator], history: list[dict],
              cfg: dict) -> None:
-    """Write the checkpoint (atomically), the history files and config.json.
+    """Write the checkpoint (atomically) and the history files (config.json is written once, by
+    runs.train_run, before the first epoch).
 
     A diverged epoch (NaN or inf in a parameter or in its train or test loss) is never saved:
     CheckpointError, and the checkpoint of the epoch before stays.

@@ -327,7 +327,7 @@ def test_fused_sgd_is_bitwise_the_textbook_sgd_over_1000_steps(threads):
     """v <- momentum v + g; p <- p - lr v: the same float32 operations, so the same bits, on any
     number of threads (each splits the buffer into parts)."""
     for step, textbook, fused in in_lockstep(SGD, fast.FusedSGD, threads, lr=0.01, momentum=0.9):
-        pass
+        pass                                        # in_lockstep compares the parameters at every step
     assert_same_bits(fused.state_dict()["velocity"], flat64(textbook.velocity).astype(np.float32), "velocity")
 
     # The state moves both ways exactly.
